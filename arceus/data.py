@@ -1,0 +1,106 @@
+"""Datasets, decoded and normalized once into tensors (no per-sample PIL transforms).
+
+MNIST and FashionMNIST come through torchvision from ``<data_dir>/<Name>/raw/``.
+``digits`` is the offline stand-in: scikit-learn's 1,797 8x8 handwritten digits, read
+from the CSV that ships inside its wheel, scaled to MNIST's 28x28 layout (a 20x20 digit
+centred in a 28x28 frame, values in [0, 1]) so the seed model 784-128-64-10 runs unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DatasetConfig
+from .errors import DatasetUnavailable
+
+__all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize"]
+
+log = logging.getLogger(__name__)
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # (N, features) float32, normalized
+    train_y: torch.Tensor  # (N,) int64
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+    @property
+    def num_features(self) -> int:
+        return self.train_x.shape[1]
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (N, H, W) or float (N, H, W) in [0, 1] -> float32 (N, H*W), (x - mean) / std."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    if len(mean) != 1:
+        raise DatasetUnavailable(f"normalize has {len(mean)} channels but the images have 1 channel")
+    return ((x - mean[0]) / std[0]).reshape(len(x), -1).contiguous()
+
+
+def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    from torchvision import datasets  # noqa: PLC0415 - torchvision is slow to import; only when needed
+
+    cls = getattr(datasets, name)
+    try:
+        train = cls(str(root), train=True, download=download)
+        val = cls(str(root), train=False, download=download)
+    except (RuntimeError, OSError) as e:
+        raw = root / name / "raw"
+        raise DatasetUnavailable(
+            f"{name} is not available under {raw} ({e}). Put the four uncompressed IDX files "
+            f"({', '.join(MNIST_FILES)}) in {raw}, set ARCEUS_DATA_DIR to a folder that has "
+            f"{name}/raw/, allow a download with ARCEUS_DOWNLOAD=1 where there is internet, "
+            f"or use the offline stand-in dataset 'digits'."
+        ) from e
+    return train.data, train.targets, val.data, val.targets
+
+
+def load_digits() -> tuple[torch.Tensor, ...]:
+    """scikit-learn's digits as (train_x, train_y, val_x, val_y), images float in [0, 1] (N, 28, 28)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetUnavailable("the stand-in dataset 'digits' needs scikit-learn: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as f:
+        rows = [[float(v) for v in line.split(",")] for line in f if line.strip()]
+    table = torch.tensor(rows)  # (1797, 65): 64 pixels in 0..16, then the label
+    images = (table[:, :64] / 16.0).view(-1, 1, 8, 8)
+    images = torch.nn.functional.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False)
+    images = torch.nn.functional.pad(images, (4, 4, 4, 4)).clamp_(0, 1).view(-1, 28, 28)
+    labels = table[:, 64].long()
+    # A fixed split (not a function of any run's seed): 300 validation samples.
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1797))
+    val, train = perm[:300], perm[300:]
+    return images[train], labels[train], images[val], labels[val]
+
+
+def load_dataset(cfg: DatasetConfig, data_dir: Path, download: bool = False) -> Dataset:
+    if cfg.name == "digits":
+        tx, ty, vx, vy = load_digits()
+    else:
+        tx, ty, vx, vy = _torchvision(cfg.name, Path(data_dir), download)
+    log.info("loaded %s: %d train, %d validation samples", cfg.name, len(ty), len(vy))
+    return Dataset(cfg.name, normalize(tx, cfg.mean, cfg.std), ty.long(), normalize(vx, cfg.mean, cfg.std), vy.long())
+
+
+def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The training order of one epoch: a seeded permutation cut into batches (the last may be short)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return list(perm.split(batch_size))

