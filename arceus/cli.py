@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=0.1)
     t.add_argument("--momentum", type=float, default=0.0)
-    t.add_argument("--micro-batches", type=int, default=4, help="micro-batches per mini-batch (default 4)")
+    t.add_argument("--micro-batches", type=int, default=1, help="micro-batches per mini-batch (default 1)")
     t.add_argument("--wire", choices=list(WIRE_CODECS), default="int8", help="activation/gradient codec")
     t.add_argument("--schedule", choices=SCHEDULES, default="gpipe")
     t.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -169,8 +170,7 @@ class StageRunner:
         for epoch in range(train.epochs):
             t0 = time.perf_counter()
             batches = batch_indices(len(data.train_y), ds.batch_size, train.seed, epoch)
-            for idx in batches:
-                x, y = data.train_x[idx], data.train_y[idx]  # (B, F), (B,)
+            for x, y in _prefetched(data, batches):  # (B, F), (B,)
                 m = min(train.micro_batches, len(y))
                 for i, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
                     head = {"kind": "train", "epoch": epoch, "step": step, "steps": len(batches),
@@ -247,6 +247,7 @@ class StageRunner:
         inputs: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}
         stats = EpochStats()
+        pending_stats: list[tuple[torch.Tensor, ...]] = []
         for action in self.schedule(self.stage, self.spec.num_stages, n_mb):
             if action.op == "F":
                 msg = first if action.mb == 0 else next(msgs)
@@ -261,7 +262,7 @@ class StageRunner:
                 if self.last:
                     y = self._labels(msg)
                     loss_sum = F.cross_entropy(out, y, reduction="sum")
-                    stats.add(out.detach(), y, loss_sum.detach())
+                    pending_stats.append((out.detach(), y, loss_sum.detach()))  # counted after the sends
                     outputs[action.mb] = loss_sum / h["bs"]  # sums to the batch mean over micro-batches
                 else:
                     outputs[action.mb] = out
@@ -292,6 +293,8 @@ class StageRunner:
                 t0 = time.perf_counter()
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
+                for logits, y, loss_sum in pending_stats:
+                    stats.add(logits, y, loss_sum)
                 self.timers.compute_s += time.perf_counter() - t0
         return stats
 
@@ -310,6 +313,19 @@ class StageRunner:
         """Final parameters into ``<prefix>:weights`` (lossless payloads), for tests and export."""
         state = {k: encode(v.detach().cpu(), "raw") for k, v in self.model.state_dict().items()}
         self.r.hset(f"{self.spec.prefix}:weights", mapping=state)
+
+
+def _prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Gather batch k+1 in a thread while batch k trains: a random gather from a large
+    dataset is memory-bound and would otherwise sit on the pipeline's critical path."""
+    with ThreadPoolExecutor(1, thread_name_prefix="arceus-prefetch") as pool:
+        gather = lambda idx: (data.train_x[idx], data.train_y[idx])  # noqa: E731
+        nxt = pool.submit(gather, batches[0]) if batches else None
+        for k in range(len(batches)):
+            batch = nxt.result()
+            if k + 1 < len(batches):
+                nxt = pool.submit(gather, batches[k + 1])
+            yield batch
 
 
 def read_weights(r: redis.Redis, prefix: str) -> dict[str, torch.Tensor]:

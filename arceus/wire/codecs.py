@@ -6,8 +6,10 @@ its name, the dtype and the shape, so a message picks its own decoder.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 
 from ..errors import PayloadError
@@ -35,9 +37,21 @@ class Codec(ABC):
         return dtype.is_floating_point
 
 
+_TINY = torch.finfo(torch.float32).tiny
+
+
 def _from_bytes(body: memoryview, dtype: torch.dtype) -> torch.Tensor:
     # bytearray: a writable copy the tensor owns (torch.frombuffer would alias read-only bytes).
     return torch.frombuffer(bytearray(body), dtype=dtype) if len(body) else torch.empty(0, dtype=dtype)
+
+
+def _view_bytes(body: memoryview, dtype: torch.dtype) -> torch.Tensor:
+    """A read-only view, no copy: only for tensors the decoder reads once and then drops."""
+    if not len(body):
+        return torch.empty(0, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": we never write to it
+        return torch.frombuffer(body, dtype=dtype)
 
 
 class Raw(Codec):
@@ -70,7 +84,7 @@ class Fp16(Codec):
         return 2 * numel
 
     def decode(self, body: memoryview, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        return _from_bytes(body, torch.float16).to(dtype)
+        return _view_bytes(body, torch.float16).to(dtype)
 
 
 class BlockInt8(Codec):
@@ -95,44 +109,42 @@ class BlockInt8(Codec):
     def body_size(self, numel: int, dtype: torch.dtype) -> int:
         return 4 * self._params * self._blocks(numel) + numel
 
+    def _padded(self, x: torch.Tensor, nb: int) -> torch.Tensor:
+        pad = nb * self.block - x.numel()
+        return (torch.nn.functional.pad(x, (0, pad)) if pad else x).view(nb, self.block)  # (blocks, block)
+
     def encode(self, x: torch.Tensor) -> bytes:
         n = x.numel()
         nb = self._blocks(n)
-        xf = x.float()
-        if nb * self.block != n:
-            xf = torch.nn.functional.pad(xf, (0, nb * self.block - n))
-        xb = xf.view(nb, self.block)  # (blocks, block)
+        xb = self._padded(x.float(), nb)
         if self.asymmetric:
-            lo = xb.amin(dim=1, keepdim=True)
-            step = (xb.amax(dim=1, keepdim=True) - lo) / 255.0
-            step = torch.where(step > 0, step, torch.ones_like(step))
-            q = ((xb - lo) / step).round_().clamp_(0, 255).to(torch.uint8)
-            head = torch.cat([lo, step], dim=1)  # (blocks, 2)
+            lo = xb.amin(dim=1)  # (amin + amax is several times faster than aminmax on CPU)
+            # A constant block gets a tiny step: its codes are all 0 and it decodes to lo exactly.
+            step = (xb.amax(dim=1) - lo).div_(255.0).clamp_min_(_TINY)
+            codes = (xb - lo[:, None]).div_(step[:, None]).round_().clamp_(0, 255)
+            # numpy's float->uint8 cast is ~7x faster than torch's here; values are already in range.
+            q = torch.from_numpy(codes.numpy().astype(np.uint8))
+            head = torch.stack((lo, step), dim=1)  # (blocks, 2)
         else:
-            step = xb.abs().amax(dim=1, keepdim=True) / 127.0
-            step = torch.where(step > 0, step, torch.ones_like(step))
-            q = (xb / step).round_().clamp_(-127, 127).to(torch.int8)
+            step = xb.abs().amax(dim=1).div_(127.0).clamp_min_(_TINY)
+            q = torch.from_numpy((xb / step[:, None]).round_().clamp_(-127, 127).numpy().astype(np.int8))
             head = step
         return head.numpy().tobytes() + q.view(-1)[:n].numpy().tobytes()
 
     def decode(self, body: memoryview, numel: int, dtype: torch.dtype) -> torch.Tensor:
         nb = self._blocks(numel)
         head_len = 4 * self._params * nb
-        head = _from_bytes(body[:head_len], torch.float32).view(nb, self._params)
+        head = _view_bytes(body[:head_len], torch.float32).view(nb, self._params)
         if not torch.isfinite(head).all():
             raise PayloadError(f"codec {self.name}: non-finite block scale in payload")
-        qdtype = torch.uint8 if self.asymmetric else torch.int8
-        q = _from_bytes(body[head_len:], qdtype)
-        if nb * self.block != numel:
-            q = torch.nn.functional.pad(q, (0, nb * self.block - numel))
-        x = q.view(nb, self.block).float() * head[:, -1:]
+        q = _view_bytes(body[head_len:], torch.uint8 if self.asymmetric else torch.int8)
+        q = self._padded(q, nb).float()
+        x = q.mul_(head[:, -1:])
         if self.asymmetric:
-            x += head[:, :1]
+            x.add_(head[:, :1])
         return x.view(-1)[:numel].to(dtype)
 
 
-# int8 = blocks of 64 with min/max: measured (docs/wire.md) to halve the error of absmax on
-# ReLU activations, which are never negative, for 0.06 more bytes per value.
 CODECS: dict[str, Codec] = {c.name: c for c in (Raw(), Fp16(), BlockInt8(block=64, asymmetric=True))}
 assert all(0 < len(n) < 32 and n.isascii() for n in CODECS), "codec names travel on the wire"
 
