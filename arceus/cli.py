@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import DATASETS, SCHEDULES, WIRE_CODECS, JobConfig, TrainConfig
-from .errors import ArceusError, DatasetUnavailable
+from .errors import ArceusError, ConfigError, DatasetUnavailable
 from .settings import Settings
 
 __all__ = ["main"]
@@ -59,9 +59,18 @@ def redis_url(settings: Settings):
 
 
 def _job(args: argparse.Namespace, settings: Settings) -> JobConfig:
-    raw = json.loads(args.job.read_text()) if args.job else json.loads(json.dumps(SEED_JOB))
+    if args.job:
+        try:
+            raw = json.loads(args.job.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError("--job", f"cannot read {args.job}: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--job", f"{args.job} must hold a JSON object")
+    else:
+        raw = json.loads(json.dumps(SEED_JOB))
+    raw.setdefault("dataset_config", {})
     if args.dataset:
-        raw.setdefault("dataset_config", {})["name"] = args.dataset
+        raw["dataset_config"]["name"] = args.dataset
     job = JobConfig.parse(raw)
     if job.dataset.name == "digits" or args.no_fallback:
         return job

@@ -13,6 +13,7 @@ __all__ = [
     "ProtocolError",
     "RedisServerError",
     "RunFailed",
+    "TrainingDiverged",
 ]
 
 
@@ -59,3 +60,7 @@ class RedisServerError(ArceusError):
 
 class RunFailed(ArceusError):
     """A training run ended with an error in one of its stages; the message is that stage's reason."""
+
+
+class TrainingDiverged(ArceusError):
+    """The loss became NaN or infinite: the learning rate is too high for this model and data."""

@@ -1,7 +1,7 @@
 """What every stage of one training run is told: plain JSON-able data (no torch here).
 
-The same dict travels as a Celery task argument in the control plane and as a
-process argument in the local cluster; stages derive their Redis keys from it.
+The local cluster passes it to each stage process; the control plane will pass the
+same dict as a task argument. Stages derive their Redis keys from it.
 """
 
 from __future__ import annotations

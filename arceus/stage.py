@@ -9,8 +9,8 @@ The last stage computes the loss and accuracy and writes the epoch metrics.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from .config import WIRE_CODECS
 from .data import Dataset, batch_indices, load_dataset
-from .errors import PayloadError, ProtocolError
+from .errors import ConfigError, PayloadError, ProtocolError, StageTimeout, TrainingDiverged
 from .events import EventLog
+from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .model import Shard, layer_specs
 from .runspec import RunSpec
 from .schedule import SCHEDULES
@@ -35,16 +36,7 @@ from .wire import decode, encode, raw_nbytes
 __all__ = ["StageRunner", "read_weights", "run_stage"]
 
 log = logging.getLogger(__name__)
-KINDS = ("train", "eval", "epoch_end", "eval_end", "end")
 PROGRESS_EVERY_S = 0.5
-
-
-@dataclass
-class Msg:
-    header: dict
-    x: torch.Tensor | None = None  # (B, features) input of this stage
-    y: torch.Tensor | None = None  # (B,) labels, decoded lazily (only the last stage needs them)
-    y_wire: bytes | None = None  # labels as they travel, passed on untouched
 
 
 @dataclass
@@ -80,6 +72,7 @@ class StageRunner:
         shard = spec.stages[stage]
         self.first, self.last = stage == 0, stage == spec.num_stages - 1
         self.who = f"stage {stage} (layers [{shard.start_layer}, {shard.end_layer}))"
+        check_message_sizes(spec, settings)
         self.device = pick_device(spec.device_for(stage))
         self.model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
         self.model.to(self.device)
@@ -93,9 +86,10 @@ class StageRunner:
         if self.first and self.data is None:
             self.data = load_dataset(spec.job.dataset, settings.data_dir, settings.download)
         if self.first and self.data.num_features != self.model.in_features:
-            raise ProtocolError(
-                f"dataset {spec.job.dataset.name} has {self.data.num_features} features per sample but "
-                f"layer 0 expects {self.model.in_features} (model_config.layer_sizes[0])"
+            raise ConfigError(
+                "model_config.layer_sizes[0]",
+                f"dataset {spec.job.dataset.name} has {self.data.num_features} features per sample "
+                f"but layer 0 takes {self.model.in_features}",
             )
         p, t, w = spec.prefix, settings.recv_timeout_s, settings.stream_window
         self.fwd_in = None if self.first else Receiver(r, stream_key(p, "fwd", stage), t, self.abort, self.who)
@@ -107,39 +101,9 @@ class StageRunner:
     def run(self) -> None:
         try:
             self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
-            msgs = self._source()
-            train_stats, val_stats = EpochStats(), EpochStats()
-            last_progress = 0.0
-            for msg in msgs:
-                h = msg.header
-                kind = h["kind"]
-                if kind == "train":
-                    step_stats = self._train_step(msg, msgs)
-                    if self.last:
-                        train_stats.loss_sum += step_stats.loss_sum
-                        train_stats.correct += step_stats.correct
-                        train_stats.samples += step_stats.samples
-                        if time.monotonic() - last_progress > PROGRESS_EVERY_S:
-                            last_progress = time.monotonic()
-                            self.events.emit(
-                                "progress", epoch=h["epoch"] + 1, step=h["step"] + 1, steps=h["steps"],
-                                loss=step_stats.loss, accuracy=step_stats.accuracy, samples=train_stats.samples,
-                            )  # fmt: skip
-                    continue
-                if kind == "eval":
-                    self._eval_batch(msg, val_stats)
-                    continue
-                self._pass_on(msg)
-                if kind == "epoch_end":
-                    self.events.emit("stage", stage=self.stage, epoch=h["epoch"] + 1, **self.timers.snapshot())
-                    self.timers = Timers()
-                elif kind == "eval_end":
-                    if self.last:
-                        self._emit_epoch(h, train_stats, val_stats)
-                    train_stats, val_stats = EpochStats(), EpochStats()
-                    self.timers = Timers()
-                elif kind == "end":
-                    break
+            self._wait_for_all_stages()
+            self.timers = Timers()
+            self._loop()
             self._publish_weights()
             self.events.emit("stage_done", stage=self.stage)
         except BaseException as e:
@@ -152,6 +116,50 @@ class StageRunner:
                 if rx is not None:
                     rx.close()
 
+    def _wait_for_all_stages(self) -> None:
+        """A barrier, so epoch 1's figures do not include a neighbour importing torch or loading data."""
+        key = f"{self.spec.prefix}:ready"
+        self.r.incr(key)
+        deadline = time.monotonic() + self.settings.recv_timeout_s
+        while int(self.r.get(key) or 0) < self.spec.num_stages:
+            self.abort.check()
+            if time.monotonic() > deadline:
+                raise StageTimeout(f"{self.who} waited {self.settings.recv_timeout_s:.0f}s for the other stages")
+            time.sleep(0.01)
+
+    def _loop(self) -> None:
+        msgs = self._dataset_source() if self.first else self._stream_source()
+        train_stats, val_stats = EpochStats(), EpochStats()
+        last_progress = 0.0
+        for msg in msgs:
+            h = msg.header
+            kind = h["kind"]
+            if kind == "train":
+                step_stats = self._train_step(msg, msgs)
+                if self.last:
+                    train_stats.merge(step_stats)
+                    if time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                        last_progress = time.monotonic()
+                        self.events.emit(
+                            "progress", epoch=h["epoch"] + 1, step=h["i"] + 1, steps=h["steps"],
+                            loss=step_stats.loss, accuracy=step_stats.accuracy, samples=train_stats.samples,
+                        )  # fmt: skip
+            elif kind == "eval":
+                self._eval_batch(msg, val_stats)
+            else:
+                if not self.last:
+                    self._send(self.fwd_out, h, None, None, f"marker {kind}")
+                if kind == "epoch_end":
+                    self.events.emit("stage", stage=self.stage, epoch=h["epoch"] + 1, **self.timers.snapshot())
+                    self.timers = Timers()
+                elif kind == "eval_end":
+                    if self.last:
+                        self._emit_epoch(h, train_stats, val_stats)
+                    train_stats, val_stats = EpochStats(), EpochStats()
+                    self.timers = Timers()
+                elif kind == "end":
+                    return
+
     def _emit_epoch(self, h: dict, train: EpochStats, val: EpochStats) -> None:
         secs = h["train_seconds"]
         self.events.emit(
@@ -161,47 +169,43 @@ class StageRunner:
         )  # fmt: skip
 
     # ----------------------------------------------------------------- sources
-    def _source(self) -> Iterator[Msg]:
-        return self._dataset_source() if self.first else self._stream_source()
-
     def _dataset_source(self) -> Iterator[Msg]:
         data, ds, train = self.data, self.spec.job.dataset, self.spec.train
         step = 0
         for epoch in range(train.epochs):
             t0 = time.perf_counter()
             batches = batch_indices(len(data.train_y), ds.batch_size, train.seed, epoch)
-            for x, y in _prefetched(data, batches):  # (B, F), (B,)
+            for i, (x, y) in enumerate(_prefetched(data, batches)):  # (B, F), (B,)
                 m = min(train.micro_batches, len(y))
-                for i, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
-                    head = {"kind": "train", "epoch": epoch, "step": step, "steps": len(batches),
-                            "mb": i, "n_mb": m, "bs": len(y)}  # fmt: skip
-                    yield Msg(head, xm, ym)
+                for mb, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
+                    head = {"kind": "train", "epoch": epoch, "step": step, "i": i, "steps": len(batches),
+                            "mb": mb, "n_mb": m, "bs": len(y)}  # fmt: skip
+                    yield Msg(head, xm.to(self.device), ym)
                 step += 1
             secs = time.perf_counter() - t0
             yield Msg({"kind": "epoch_end", "epoch": epoch, "train_seconds": secs})
             for start in range(0, len(data.val_y), ds.val_batch_size):
                 end = start + ds.val_batch_size
-                yield Msg({"kind": "eval", "epoch": epoch}, data.val_x[start:end], data.val_y[start:end])
+                yield Msg(
+                    {"kind": "eval", "epoch": epoch}, data.val_x[start:end].to(self.device), data.val_y[start:end]
+                )
             yield Msg({"kind": "eval_end", "epoch": epoch, "train_seconds": secs})
         yield Msg({"kind": "end"})
 
     def _stream_source(self) -> Iterator[Msg]:
         while True:
-            yield self._receive(self.fwd_in, "forward activations")
+            msg = self._receive(self.fwd_in, FORWARD_KINDS, "forward activations")
+            if msg.header["kind"] in ("train", "eval"):
+                self._check_input(msg, self.model.in_features, msg.header.get("bs"))
+            yield msg
 
-    def _receive(self, rx: Receiver, what: str) -> Msg:
+    def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
         t0 = time.perf_counter()
         entry_id, fields = rx.recv(what)
         t1 = time.perf_counter()
         self.timers.wait_s += t1 - t0
         where = f"{self.who}: entry {entry_id.decode()} of {rx.key}"
-        try:
-            header = json.loads(fields[b"h"])
-            if not isinstance(header, dict) or header.get("kind") not in KINDS:
-                raise ValueError(f"header kind must be one of {KINDS}")
-        except (KeyError, ValueError, UnicodeDecodeError) as e:
-            raise ProtocolError(f"{where}: malformed header: {e}") from e
-        msg = Msg(header, y_wire=fields.get(b"y"))
+        msg = Msg(parse_header(fields.get(b"h"), kinds, where), y_wire=fields.get(b"y"))
         if b"x" in fields:
             try:
                 msg.x = decode(fields[b"x"], self.settings.max_payload_elements).to(self.device)
@@ -211,11 +215,25 @@ class StageRunner:
         self.timers.messages += 1
         return msg
 
+    def _check_input(self, msg: Msg, width: int, max_rows: int | None) -> None:
+        x = msg.x
+        if x is None or x.dim() != 2 or x.shape[1] != width or not x.dtype.is_floating_point:
+            got = "no tensor" if x is None else f"{x.dtype} {list(x.shape)}"
+            raise ProtocolError(f"{self.who}: {msg.header['kind']} entry must carry a float (rows, {width}), got {got}")
+        if max_rows is not None and x.shape[0] > max_rows:
+            raise ProtocolError(f"{self.who}: micro-batch of {x.shape[0]} rows in a batch of {max_rows}")
+
     def _send(self, tx: Sender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
         t0 = time.perf_counter()
-        fields = {"h": json.dumps(header).encode()}
+        fields = {"h": encode_header(header)}
         if x is not None:
-            fields["x"] = encode(x, self.codec)
+            try:
+                fields["x"] = encode(x, self.codec)
+            except PayloadError as e:
+                raise TrainingDiverged(
+                    f"{what} are not finite ({e}): training diverged; lower learning_rate "
+                    f"(now {self.spec.train.learning_rate})"
+                ) from e
             self.timers.bytes_raw += raw_nbytes(x)
             self.timers.bytes_wire += len(fields["x"])
         if msg is not None and (msg.y is not None or msg.y_wire is not None):
@@ -227,18 +245,26 @@ class StageRunner:
         self.timers.messages += 1
 
     def _labels(self, msg: Msg) -> torch.Tensor:
-        if msg.y is None:
+        """The micro-batch's labels, checked against its rows and the number of classes."""
+        y = msg.y
+        if y is None:
             if msg.y_wire is None:
-                raise ProtocolError(f"{self.who}: step {msg.header.get('step')} arrived without labels")
+                raise ProtocolError(f"{self.who}: {msg.header['kind']} entry arrived without labels")
             try:
-                msg.y = decode(msg.y_wire, self.settings.max_payload_elements).long()
+                y = decode(msg.y_wire, self.settings.max_payload_elements)
             except PayloadError as e:
                 raise PayloadError(f"{self.who}: labels: {e}") from e
-        return msg.y.to(self.device)
-
-    def _pass_on(self, msg: Msg) -> None:
-        if not self.last:
-            self._send(self.fwd_out, msg.header, None, None, f"marker {msg.header['kind']}")
+            classes = self.model.out_features
+            if (
+                y.dim() != 1
+                or len(y) != len(msg.x)
+                or y.is_floating_point()
+                or (len(y) and not 0 <= y.min() <= y.max() < classes)
+            ):
+                raise ProtocolError(
+                    f"{self.who}: labels must be {len(msg.x)} integers in [0, {classes}), got {y.dtype} {list(y.shape)}"
+                )
+        return y.to(self.device, torch.long)
 
     # ----------------------------------------------------------------- compute
     def _train_step(self, first: Msg, msgs: Iterator[Msg]) -> EpochStats:
@@ -246,13 +272,13 @@ class StageRunner:
         step, n_mb = h0["step"], h0["n_mb"]
         inputs: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}
-        stats = EpochStats()
         pending_stats: list[tuple[torch.Tensor, ...]] = []
+        stats = EpochStats()
         for action in self.schedule(self.stage, self.spec.num_stages, n_mb):
             if action.op == "F":
                 msg = first if action.mb == 0 else next(msgs)
                 h = msg.header
-                if h["kind"] != "train" or h["step"] != step or h["mb"] != action.mb:
+                if h["kind"] != "train" or h["step"] != step or h["mb"] != action.mb or h["n_mb"] != n_mb:
                     raise ProtocolError(f"{self.who}: expected forward of step {step} micro-batch {action.mb}, got {h}")
                 t0 = time.perf_counter()
                 x = msg.x
@@ -271,24 +297,24 @@ class StageRunner:
                 if not self.last:
                     self._send(self.fwd_out, h, out.detach(), msg, "forward activations")
             elif action.op == "B":
-                if self.last:
-                    grad = None
-                else:
-                    g = self._receive(self.bwd_in, f"gradients of step {step} micro-batch {action.mb}")
-                    gh = g.header
-                    if gh.get("step") != step or gh.get("mb") != action.mb or g.x is None:
+                grad = None
+                if not self.last:
+                    g = self._receive(self.bwd_in, BACKWARD_KINDS, f"gradients of step {step} micro-batch {action.mb}")
+                    if g.header["step"] != step or g.header["mb"] != action.mb:
                         raise ProtocolError(
-                            f"{self.who}: expected gradients of step {step} micro-batch {action.mb}, got {gh}"
+                            f"{self.who}: expected gradients of step {step} micro-batch {action.mb}, got {g.header}"
                         )
                     grad = g.x
+                    want = outputs[action.mb].shape
+                    if grad is None or grad.shape != want:
+                        got = "none" if grad is None else list(grad.shape)
+                        raise ProtocolError(f"{self.who}: gradient of shape {got} for an output of {list(want)}")
                 t0 = time.perf_counter()
                 outputs.pop(action.mb).backward(grad)
                 x = inputs.pop(action.mb)
                 self.timers.compute_s += time.perf_counter() - t0
                 if not self.first:
-                    self._send(
-                        self.bwd_out, {"kind": "train", "step": step, "mb": action.mb}, x.grad, None, "gradients"
-                    )
+                    self._send(self.bwd_out, {"kind": "grad", "step": step, "mb": action.mb}, x.grad, None, "gradients")
             else:  # STEP
                 t0 = time.perf_counter()
                 self.opt.step()
@@ -296,6 +322,11 @@ class StageRunner:
                 for logits, y, loss_sum in pending_stats:
                     stats.add(logits, y, loss_sum)
                 self.timers.compute_s += time.perf_counter() - t0
+                if self.last and not math.isfinite(stats.loss_sum):
+                    raise TrainingDiverged(
+                        f"the loss is {stats.loss_sum} at epoch {h0['epoch'] + 1} step {h0['i'] + 1}: "
+                        f"training diverged; lower learning_rate (now {self.spec.train.learning_rate})"
+                    )
         return stats
 
     @torch.no_grad()
@@ -315,11 +346,26 @@ class StageRunner:
         self.r.hset(f"{self.spec.prefix}:weights", mapping=state)
 
 
+def check_message_sizes(spec: RunSpec, settings: Settings) -> None:
+    """Refuse a run whose largest activation would exceed what a receiver may decode."""
+    rows = max(spec.job.dataset.batch_size, spec.job.dataset.val_batch_size)
+    width = max(spec.job.model.layer_sizes)
+    if rows * width > settings.max_payload_elements:
+        raise ConfigError(
+            "dataset_config.val_batch_size",
+            f"a batch of {rows} rows x {width} features = {rows * width} values exceeds the payload limit of "
+            f"{settings.max_payload_elements}; use smaller batches",
+        )
+
+
 def _prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Gather batch k+1 in a thread while batch k trains: a random gather from a large
     dataset is memory-bound and would otherwise sit on the pipeline's critical path."""
+
+    def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.train_x[idx], data.train_y[idx]
+
     with ThreadPoolExecutor(1, thread_name_prefix="arceus-prefetch") as pool:
-        gather = lambda idx: (data.train_x[idx], data.train_y[idx])  # noqa: E731
         nxt = pool.submit(gather, batches[0]) if batches else None
         for k in range(len(batches)):
             batch = nxt.result()
@@ -339,7 +385,7 @@ def _small_labels(y: torch.Tensor) -> torch.Tensor:
 
 
 def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings, threads: int | None = None) -> None:
-    """Entry point of a stage process (local cluster) or task (Celery worker)."""
+    """Entry point of a stage process (the local cluster runs one per stage)."""
     if threads:
         torch.set_num_threads(threads)
     spec = RunSpec.from_dict(spec_dict)

@@ -50,6 +50,11 @@ class EpochStats:
         self.correct += int((logits.argmax(dim=1) == labels).sum())
         self.samples += len(labels)
 
+    def merge(self, other: EpochStats) -> None:
+        self.loss_sum += other.loss_sum
+        self.correct += other.correct
+        self.samples += other.samples
+
     @property
     def loss(self) -> float:
         return self.loss_sum / max(self.samples, 1)

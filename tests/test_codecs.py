@@ -106,9 +106,29 @@ def test_hostile_shape_cannot_force_a_huge_allocation():
         decode(hostile, max_elements=1 << 40)
 
 
-def test_non_finite_scales_are_rejected():
+@pytest.mark.parametrize(
+    ("lo", "step"), [(float("nan"), 1.0), (0.0, float("inf")), (3e38, 1e37), (0.0, -1.0)]
+)  # fmt: skip
+def test_bad_block_scales_are_rejected(lo, step):
     b = bytearray(_valid())
     head = 4 + 2 + 4 + 2 + 8  # magic/version/len, "int8", dtype/ndim, two dims
-    b[head : head + 4] = struct.pack("<f", float("nan"))
-    with pytest.raises(PayloadError, match="non-finite"):
+    b[head : head + 8] = struct.pack("<ff", lo, step)  # first block's (min, step)
+    with pytest.raises(PayloadError, match="block scale"):
         decode(bytes(b))
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_round_trip(codec, dtype):
+    x = torch.randn(3, 70).to(dtype)
+    y = decode(encode(x, codec))
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.float(), x.float(), atol=0.02, rtol=0.02)
+    y.add_(1)  # decoded tensors own their memory: writing to them is allowed
+
+
+def test_int8_refuses_to_encode_non_finite_values():
+    x = torch.randn(2, 64)
+    x[1, 5] = float("nan")
+    with pytest.raises(PayloadError, match="cannot encode NaN"):
+        encode(x, "int8")

@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 
@@ -17,11 +18,13 @@ from arceus.local import _stage_process, train_local
 from arceus.reference import train_reference
 from arceus.runspec import RunSpec
 from arceus.streams import Abort
+from arceus.wire import encode
 
 
 @pytest.fixture
 def mnist_dir(settings):
-    write_mnist(settings.data_dir, n_train=1600, n_val=400)
+    # 1630 = 25 batches of 64 and a short one of 30: the last batch's weighting is checked too.
+    write_mnist(settings.data_dir, n_train=1630, n_val=400)
     return settings.data_dir
 
 
@@ -44,7 +47,7 @@ def test_lossless_pipeline_equals_single_process(redis_url, settings, mnist_dir,
     result = train_local(job, train, stages, redis_url, settings, keep_weights=True)
     model, history = _reference(job, train, mnist_dir)
     assert len(result.epochs) == 1
-    assert result.epochs[0]["samples"] == 1600  # 25 optimizer steps of 64
+    assert result.epochs[0]["samples"] == 1630  # 26 optimizer steps
     ref = model.state_dict()
     assert set(result.weights) == set(ref)
     for name, tensor in ref.items():
@@ -74,16 +77,21 @@ def test_metrics_are_written_to_redis_as_they_happen(redis_url, settings, mnist_
     result = train_local(_job([784, 32, 10]), train, 2, redis_url, settings, on_event=seen.append)
     kinds = [e["type"] for e in seen]
     assert kinds.count("epoch") == 2 and kinds.count("stage_done") == 2
-    assert kinds.index("epoch") < len(kinds) - kinds[::-1].index("stage")  # epochs arrive during the run
+    steps = [e["step"] for e in seen if e["type"] == "progress"]
+    assert steps and all(1 <= s <= 26 for s in steps)  # counted within the epoch
     stored = EventLog(r, result.spec.prefix).all()
     epochs = [e for e in stored if e["type"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:
-        assert e["samples"] == 1600 and e["samples_per_s"] > 0 and 0 <= e["val_accuracy"] <= 1
+        assert e["samples"] == 1630 and e["samples_per_s"] > 0 and 0 <= e["val_accuracy"] <= 1
+    # Written as they happen: epoch 1's row predates epoch 2's training.
+    assert epochs[0]["time"] <= epochs[1]["time"] - epochs[1]["seconds"]
     stage_rows = [e for e in stored if e["type"] == "stage"]
     assert {(e["stage"], e["epoch"]) for e in stage_rows} == {(0, 1), (1, 1), (0, 2), (1, 2)}
     for e in stage_rows:
-        assert e["compute_s"] > 0 and e["wait_s"] >= 0 and e["bytes_wire"] > 0
+        assert e["compute_s"] > 0 and e["bytes_wire"] > 0 and 0 < e["utilization"] < 1
+        if e["stage"] == 1:
+            assert e["wait_s"] > 0  # it can only wait for stage 0's activations
     # Nothing of the data plane is left behind once the run is over.
     assert not [k for k in r.scan_iter(f"{result.spec.prefix}:*") if b":fwd:" in k or b":bwd:" in k]
 
@@ -105,15 +113,57 @@ def test_a_killed_stage_fails_the_run_with_a_reason(redis_url, settings, mnist_d
     assert not [p for p in mp.active_children() if p.name.startswith("arceus-stage")]
 
 
-def test_malformed_stream_entry_fails_the_stage_clearly(redis_url, settings, r):
+GOOD_HEADER = b'{"kind":"train","epoch":0,"step":0,"i":0,"steps":1,"mb":0,"n_mb":1,"bs":4}'
+
+
+def _x(rows, width, codec="int8"):
+    return encode(torch.randn(rows, width), codec)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"h": GOOD_HEADER, "x": b"ARCW\x01\x04int8\x01\x02\x04\x00"}, "PayloadError: .* truncated"),
+        ({"x": _x(4, 32)}, "ProtocolError: .* no header field 'h'"),
+        ({"h": b"{not json", "x": _x(4, 32)}, "ProtocolError: .* header is not JSON"),
+        ({"h": b'{"kind": "steal"}'}, "ProtocolError: .* header kind 'steal'"),
+        ({"h": GOOD_HEADER.replace(b'"n_mb":1', b'"n_mb":1000000000'), "x": _x(4, 32)}, "field 'n_mb' must be"),
+        ({"h": GOOD_HEADER.replace(b'"step":0,', b""), "x": _x(4, 32)}, "field 'step' must be"),
+        ({"h": GOOD_HEADER.replace(b'"bs":4', b'"bs":"4"'), "x": _x(4, 32)}, "field 'bs' must be"),
+        ({"h": GOOD_HEADER, "x": _x(4, 31)}, r"ProtocolError: .* float \(rows, 32\), got torch.float32 \[4, 31\]"),
+        ({"h": GOOD_HEADER, "x": _x(9, 32)}, "micro-batch of 9 rows in a batch of 4"),
+        ({"h": GOOD_HEADER, "x": _x(4, 32), "y": encode(torch.tensor([1, 2, 3, 99]), "raw")},
+         r"labels must be 4 integers in \[0, 10\)"),
+    ],
+)  # fmt: skip
+def test_malformed_stream_entry_fails_the_stage_clearly(redis_url, settings, r, fields, message):
     spec = RunSpec.new(_job([784, 32, 10]), TrainConfig(), 2)
     ctx = mp.get_context("spawn")
     p = ctx.Process(target=_stage_process, args=(spec.to_dict(), 1, redis_url, settings, 1))
     p.start()
-    r.xadd(f"{spec.prefix}:fwd:1", {"h": b'{"kind": "train", "step": 0, "mb": 0, "n_mb": 1, "bs": 4}',
-                                    "x": b"ARCW\x01\x04int8\x01\x02\x04\x00"})  # fmt: skip
+    r.incr(f"{spec.prefix}:ready")  # stand in for stage 0 at the start barrier
+    r.xadd(f"{spec.prefix}:fwd:1", fields)
     p.join(timeout=60)
     assert p.exitcode == 1
     reason = Abort(r, spec.prefix).reason()
-    assert reason.startswith("stage 1 (layers [1, 2)): PayloadError:")
-    assert f"of {spec.prefix}:fwd:1" in reason and "truncated" in reason
+    assert reason.startswith("stage 1 (layers [1, 2)): ")
+    assert re.search(message, reason), reason
+    if "Payload" in message:
+        assert f"of {spec.prefix}:fwd:1" in reason  # names the stream entry
+
+
+def test_diverging_training_fails_with_advice(redis_url, settings, mnist_dir):
+    # Inputs scaled by 1e6 and lr 100 overflow float32 within the first epoch.
+    job = JobConfig(ModelConfig((784, 16, 16, 10)), DatasetConfig(name="MNIST", batch_size=64, std=(1e-6,)))
+    for wire, message in (("fp32", "the loss is (nan|inf)"), ("int8", "are not finite")):
+        train = TrainConfig(epochs=3, learning_rate=100.0, momentum=0.99, wire=wire)
+        with pytest.raises(RunFailed, match=rf"TrainingDiverged: .*{message}.* lower learning_rate"):
+            train_local(job, train, 2, redis_url, settings)
+
+
+def test_single_stage_equals_reference(redis_url, settings, mnist_dir):
+    job, train = _job([784, 32, 10]), TrainConfig(epochs=1, micro_batches=2, wire="fp32")
+    result = train_local(job, train, 1, redis_url, settings, keep_weights=True)
+    model, _ = _reference(job, train, mnist_dir)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(result.weights[name], tensor, rtol=1e-5, atol=1e-6)
