@@ -29,5 +29,14 @@ class EventLog:
             for entry_id, fields in entries:
                 yield entry_id, json.loads(fields[b"e"])
 
+    def latest(self, kinds: tuple[str, ...], scan: int = 200) -> dict[str, dict]:
+        """The newest event of each kind among the last ``scan`` entries."""
+        found: dict[str, dict] = {}
+        for _, fields in self.r.xrevrange(self.key, count=scan):
+            ev = json.loads(fields[b"e"])
+            if ev["type"] in kinds and ev["type"] not in found:
+                found[ev["type"]] = ev
+        return found
+
     def all(self) -> list[dict]:
         return [json.loads(f[b"e"]) for _, f in self.r.xrange(self.key)]

@@ -30,6 +30,8 @@ class Settings:
     stream_window: int = 8
     # Largest tensor (in elements) a payload may declare; bounds what a decode allocates.
     max_payload_elements: int = 1 << 26
+    # Seconds the API waits for every device's worker to confirm its shard.
+    init_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -43,6 +45,8 @@ class Settings:
             values["download"] = env["ARCEUS_DOWNLOAD"].lower() in ("1", "true", "yes")
         if env.get("ARCEUS_RECV_TIMEOUT"):
             values["recv_timeout_s"] = float(env["ARCEUS_RECV_TIMEOUT"])
+        if env.get("ARCEUS_INIT_TIMEOUT"):
+            values["init_timeout_s"] = float(env["ARCEUS_INIT_TIMEOUT"])
         if env.get("ARCEUS_STREAM_WINDOW"):
             values["stream_window"] = int(env["ARCEUS_STREAM_WINDOW"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +23,14 @@ import torch.nn.functional as F
 
 from .config import WIRE_CODECS
 from .data import Dataset, batch_indices, load_dataset
-from .errors import ConfigError, PayloadError, ProtocolError, StageTimeout, TrainingDiverged
+from .errors import ConfigError, PayloadError, ProtocolError, RunAborted, StageTimeout, TrainingDiverged
 from .events import EventLog
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .model import Shard, layer_specs
 from .runspec import RunSpec
 from .schedule import SCHEDULES
 from .settings import Settings
-from .streams import Abort, Receiver, Sender, stream_key
+from .streams import HEARTBEAT_S, Abort, Receiver, Sender, stream_key
 from .training import EpochStats, make_optimizer, pick_device
 from .wire import decode, encode, raw_nbytes
 
@@ -67,15 +68,27 @@ class Timers:
 
 
 class StageRunner:
-    def __init__(self, spec: RunSpec, stage: int, r: redis.Redis, settings: Settings, data: Dataset | None = None):
+    def __init__(
+        self,
+        spec: RunSpec,
+        stage: int,
+        r: redis.Redis,
+        settings: Settings,
+        data: Dataset | None = None,
+        model: Shard | None = None,
+    ) -> None:
         self.spec, self.stage, self.r, self.settings = spec, stage, r, settings
         shard = spec.stages[stage]
         self.first, self.last = stage == 0, stage == spec.num_stages - 1
         self.who = f"stage {stage} (layers [{shard.start_layer}, {shard.end_layer}))"
         check_message_sizes(spec, settings)
         self.device = pick_device(spec.device_for(stage))
-        self.model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
-        self.model.to(self.device)
+        # A worker passes the shard it holds in memory; otherwise build it from the seed.
+        if model is None:
+            model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
+        elif (model.start, model.end) != (shard.start_layer, shard.end_layer):
+            raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")
+        self.model = model.to(self.device)
         self.opt = make_optimizer(self.model.parameters(), spec.train)
         self.codec = WIRE_CODECS[spec.train.wire]
         self.schedule = SCHEDULES[spec.train.schedule]
@@ -99,22 +112,39 @@ class StageRunner:
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
+        stop_beating = threading.Event()
+        beater = threading.Thread(target=self._heartbeat, args=(stop_beating,), daemon=True, name="arceus-heartbeat")
         try:
+            self.abort.beat(self.stage)
+            beater.start()
             self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
             self._wait_for_all_stages()
+            self.abort.watch([s for s in range(self.spec.num_stages) if s != self.stage])
             self.timers = Timers()
             self._loop()
             self._publish_weights()
+            stop_beating.set()
+            beater.join()
+            self.abort.beat(self.stage, finished=True)
             self.events.emit("stage_done", stage=self.stage)
         except BaseException as e:
             reason = f"{self.who}: {type(e).__name__}: {e}"
-            self.abort.set(reason)
-            self.events.emit("error", stage=self.stage, reason=reason)
+            if not isinstance(e, RunAborted):  # an abort's reason is already the first cause
+                self.abort.set(reason)
+            self.events.emit("error", stage=self.stage, reason=self.abort.reason() or reason)
             raise
         finally:
+            stop_beating.set()
             for rx in (self.fwd_in, self.bwd_in):
                 if rx is not None:
                     rx.close()
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                self.abort.beat(self.stage)
+            except redis.RedisError as e:  # the main loop will hit the same error and report it
+                log.warning("%s: heartbeat failed: %s", self.who, e)
 
     def _wait_for_all_stages(self) -> None:
         """A barrier, so epoch 1's figures do not include a neighbour importing torch or loading data."""
@@ -130,8 +160,11 @@ class StageRunner:
     def _loop(self) -> None:
         msgs = self._dataset_source() if self.first else self._stream_source()
         train_stats, val_stats = EpochStats(), EpochStats()
-        last_progress = 0.0
+        last_progress, last_check = 0.0, time.monotonic()  # the first step reports at once
         for msg in msgs:
+            if time.monotonic() - last_check > HEARTBEAT_S:  # a busy stage notices a stop too
+                last_check = time.monotonic()
+                self.abort.check()
             h = msg.header
             kind = h["kind"]
             if kind == "train":

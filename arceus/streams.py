@@ -28,11 +28,21 @@ def stream_key(prefix: str, direction: str, stage: int) -> str:
     return f"{prefix}:{direction}:{stage}"
 
 
+HEARTBEAT_S = 1.0
+HEARTBEAT_TTL_S = 6.0  # a stage silent this long is presumed lost (its process died)
+
+
 class Abort:
-    """The run's abort flag. The first reason set wins; every wait checks it."""
+    """The run's abort flag and its stages' heartbeats; every wait checks both.
+
+    The first reason set wins. Once ``watch`` names the stages, ``check`` also fails when
+    one of them stopped beating without saying it finished: a killed worker is noticed
+    by its neighbours within ``HEARTBEAT_TTL_S`` seconds instead of after a long timeout.
+    """
 
     def __init__(self, r: redis.Redis, prefix: str) -> None:
-        self.r, self.key = r, f"{prefix}:abort"
+        self.r, self.prefix, self.key = r, prefix, f"{prefix}:abort"
+        self._watched: list[int] = []
 
     def set(self, reason: str) -> None:
         self.r.set(self.key, reason, nx=True, ex=7 * 24 * 3600)
@@ -41,10 +51,29 @@ class Abort:
         v = self.r.get(self.key)
         return v.decode() if v is not None else None
 
+    def beat(self, stage: int, finished: bool = False) -> None:
+        key = f"{self.prefix}:alive:{stage}"
+        if finished:
+            self.r.set(key, "done", ex=24 * 3600)
+        else:
+            self.r.set(key, "alive", ex=int(HEARTBEAT_TTL_S))
+
+    def watch(self, stages: list[int]) -> None:
+        self._watched = list(stages)
+
     def check(self) -> None:
-        reason = self.reason()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.key)
+        for s in self._watched:
+            pipe.get(f"{self.prefix}:alive:{s}")
+        reason, *beats = pipe.execute()
         if reason is not None:
-            raise RunAborted(reason)
+            raise RunAborted(reason.decode())
+        for s, beat in zip(self._watched, beats, strict=True):
+            if beat is None:
+                reason = f"stage {s} stopped responding (no heartbeat for {HEARTBEAT_TTL_S:.0f}s): its worker was lost"
+                self.set(reason)
+                raise RunAborted(self.reason() or reason)
 
 
 class Sender:

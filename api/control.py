@@ -1,0 +1,130 @@
+"""The job lifecycle the REST views delegate to: initialize, train, stop, report.
+
+It enqueues lifecycle tasks on each device's queue (ids and small JSON only, never
+tensors) and keeps every bit of state in Redis through ``arceus.jobs.JobStore``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import redis
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from arceus.config import JobConfig, TrainConfig
+from arceus.errors import ArceusError
+from arceus.events import EventLog
+from arceus.jobs import Conflict, JobStore
+from arceus.partition import StageShard, plan
+from arceus.runspec import RunSpec, run_prefix
+from arceus.streams import Abort
+from workers import LOAD_SHARD, RUN_STAGE
+
+__all__ = ["Control", "UpstreamError"]
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(ArceusError):
+    """A worker failed or did not answer; ``status`` is 502 or 504."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Control:
+    def __init__(self, r: redis.Redis, celery: Celery, init_timeout_s: float = 60.0) -> None:
+        self.r, self.celery, self.store = r, celery, JobStore(r)
+        self.init_timeout_s = init_timeout_s
+
+    def initialize(self, job_id: str, seed: int = 0) -> dict:
+        """Partition the layers over the job's devices; each device's worker builds its shard
+        (weights from ``seed``, per layer) and keeps it in memory. Returns once all confirmed."""
+        job = self.store.get(job_id)
+        devices = job["devices"]
+        config = JobConfig.parse(job["config"])
+        if not devices:
+            raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
+        shards = plan(config.model.num_layers, [d["device_id"] for d in devices])  # PartitionError when D > L
+        self.store.transition(job_id, "initializing", error="")
+        pending = []
+        for shard in shards:
+            queue = f"device-{shard.device_id}"
+            args = [job_id, shard.device_id, shard.to_dict(), config.model.to_dict(), seed]
+            pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
+        deadline = time.monotonic() + self.init_timeout_s
+        confirmed = []
+        for shard, result in pending:
+            try:
+                confirmed.append(result.get(timeout=max(0.1, deadline - time.monotonic()), propagate=True))
+            except CeleryTimeout:
+                reason = (
+                    f"device {shard.device_id} did not confirm its shard within {self.init_timeout_s:.0f}s: "
+                    f"is a worker running `celery -A workers worker -Q device-{shard.device_id}`?"
+                )
+                self.store.transition(job_id, "failed", error=reason)
+                raise UpstreamError(reason, 504) from None
+            except Exception as e:  # the task raised on the worker
+                reason = f"device {shard.device_id} failed to load its shard: {type(e).__name__}: {e}"
+                self.store.transition(job_id, "failed", error=reason)
+                raise UpstreamError(reason, 502) from None
+            finally:
+                result.forget()
+        for info in confirmed:
+            self.store.update_device(info["device_id"], torch_device=info["torch_device"])
+        stages = [s.to_dict() for s in shards]
+        self.store.transition(job_id, "ready", plan=stages, init_seed=seed)
+        return {"plan": stages, "devices": confirmed}
+
+    def train(self, job_id: str, train: TrainConfig) -> dict:
+        job = self.store.get(job_id)
+        if job["status"] not in ("ready", "completed", "stopped"):
+            # Let the store phrase the conflict (train before initialize, already training, ...).
+            self.store.transition(job_id, "training", allowed_from=("ready", "completed", "stopped"))
+        stages = tuple(StageShard.from_dict(s) for s in job.get("plan") or [])
+        spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages)
+        self.store.transition(
+            job_id, "training", allowed_from=("ready", "completed", "stopped"),
+            run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
+        )  # fmt: skip
+        for shard in stages:
+            self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=f"device-{shard.device_id}")
+        return {"run_id": spec.run_id}
+
+    def stop(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        self.store.transition(job_id, "stopped", allowed_from=("training",), error="stopped by the user")
+        Abort(self.r, run_prefix(job_id, job["run_id"])).set("stopped by the user")
+
+    def progress(self, job: dict) -> dict:
+        """Latest epoch row and step of the job's current (or last) run."""
+        if not job.get("run_id"):
+            return {}
+        events = EventLog(self.r, run_prefix(job["job_id"], job["run_id"]))
+        latest = events.latest(("epoch", "progress"))
+        out = {}
+        epoch, step = latest.get("epoch"), latest.get("progress")
+        if epoch is not None:
+            out["latest_metrics"] = epoch
+        if step is not None and (epoch is None or step["time"] > epoch["time"]):
+            out["progress"] = {k: step[k] for k in ("epoch", "step", "steps", "loss", "accuracy")}
+        elif epoch is not None:  # between epochs, or done: the last finished epoch
+            out["progress"] = {"epoch": epoch["epoch"], "epochs": epoch["epochs"]}
+        return out
+
+    def metrics(self, job_id: str) -> dict:
+        job = self.store.get(job_id)
+        if not job.get("run_id"):
+            return {"job_id": job_id, "run_id": None, "epochs": [], "stages": []}
+        events = EventLog(self.r, run_prefix(job_id, job["run_id"])).all()
+        return {
+            "job_id": job_id,
+            "run_id": job["run_id"],
+            "status": job["status"],
+            "epochs": [e for e in events if e["type"] == "epoch"],
+            "stages": [e for e in events if e["type"] == "stage"],
+        }

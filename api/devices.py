@@ -1,0 +1,46 @@
+"""Devices: register (one queue per device), list, unregister."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+
+from .errors import Blueprint
+from .schemas import DeviceRegisterSchema
+
+blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Devices (one Celery queue each)")
+
+
+@blp.route("/register")
+class Register(MethodView):
+    @blp.arguments(DeviceRegisterSchema)
+    @blp.response(201)
+    def post(self, body):
+        """Register a device for a job; its worker must listen on the returned queue."""
+        store = current_app.extensions["arceus"].store
+        job_id = body.pop("job_id")
+        device_id = store.register_device(job_id, body)
+        return {
+            "message": "Device registered successfully",
+            "device_id": device_id,
+            "queue": f"device-{device_id}",
+            "worker_command": f"celery -A workers worker -Q device-{device_id}",
+        }
+
+
+@blp.route("")
+class Devices(MethodView):
+    def get(self):
+        """All registered devices."""
+        return {"devices": current_app.extensions["arceus"].store.devices()}
+
+
+@blp.route("/<int:device_id>")
+class Device(MethodView):
+    def get(self, device_id):
+        return current_app.extensions["arceus"].store.get_device(device_id)
+
+    def delete(self, device_id):
+        """Unregister a device (not while its job initializes or trains)."""
+        current_app.extensions["arceus"].store.delete_device(device_id)
+        return {"message": "Device deleted successfully", "device_id": device_id}

@@ -1,0 +1,80 @@
+"""Jobs: create, list, show (status, devices, progress, latest metrics), delete; metrics."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+
+from arceus.config import JobConfig
+
+from .errors import Blueprint
+from .schemas import JobCreatedSchema, JobCreateSchema
+
+blp = Blueprint("jobs", __name__, url_prefix="/api", description="Training jobs")
+
+
+def _control():
+    return current_app.extensions["arceus"]
+
+
+def _public(job: dict, control) -> dict:
+    out = {
+        "job_id": job["job_id"],
+        "status": job["status"],
+        "error": job.get("error") or None,
+        "model_config": job["config"]["model_config"],
+        "dataset_config": job["config"]["dataset_config"],
+        "train_config": job.get("train_config") or None,
+        "devices": job["devices"],
+        "plan": job.get("plan") or None,
+        "run_id": job.get("run_id") or None,
+        "created_at": job["created_at"],
+        "updated_at": job["updated_at"],
+    }
+    out.update(control.progress(job))
+    if job.get("final"):
+        out["final_metrics"] = job["final"]
+    return out
+
+
+@blp.route("/jobs")
+class Jobs(MethodView):
+    @blp.arguments(JobCreateSchema)
+    @blp.response(201, JobCreatedSchema)
+    def post(self, body):
+        """Create a job from a model and dataset config (the original Arceus body)."""
+        config = JobConfig.parse(body)  # the semantic checks beyond the schema
+        job_id = _control().store.create(config)
+        return {"message": "Job created successfully", "job_id": job_id}
+
+    def get(self):
+        """All jobs, oldest first."""
+        control = _control()
+        return {"jobs": [_public(j, control) for j in control.store.list()]}
+
+
+@blp.route("/jobs/<job_id>")
+class Job(MethodView):
+    def get(self, job_id):
+        """Status, devices, configs, progress (epoch/step), latest metrics and error reason."""
+        control = _control()
+        return _public(control.store.get(job_id), control)
+
+    def delete(self, job_id):
+        """Delete a job that is not initializing or training (and unregister its devices)."""
+        _control().store.delete(job_id)
+        return {"message": "Job deleted successfully", "job_id": job_id}
+
+
+@blp.route("/jobs/<job_id>/metrics")
+class Metrics(MethodView):
+    def get(self, job_id):
+        """Per-epoch history and per-stage timings (compute, wait, send, bytes) of the job's last run."""
+        return _control().metrics(job_id)
+
+
+@blp.route("/previous_teraflops")
+class Teraflops(MethodView):
+    def get(self):
+        """Per-device achieved TFLOP/s of finished runs: the layers' real training FLOPs / compute seconds."""
+        return {"teraflops": _control().store.teraflops()}

@@ -1,0 +1,46 @@
+"""The network lifecycle of a job: initialize (load shards), train, stop."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+from marshmallow import fields, validate
+
+from arceus.config import TrainConfig
+
+from .errors import Blueprint
+from .schemas import TrainSchema, _Strict
+
+blp = Blueprint("network", __name__, url_prefix="/api/network", description="Initialize, train and stop a job")
+
+
+class InitializeSchema(_Strict):
+    seed = fields.Integer(strict=True, validate=validate.Range(0, 2**31 - 1), load_default=0)
+
+
+@blp.route("/initialize/<job_id>")
+class Initialize(MethodView):
+    @blp.arguments(InitializeSchema, required=False)
+    def post(self, body, job_id):
+        """Partition the layers over the job's devices; every device's worker loads its shard."""
+        result = current_app.extensions["arceus"].initialize(job_id, seed=(body or {}).get("seed", 0))
+        return {"message": "Network initialized successfully", "job_id": job_id, **result}
+
+
+@blp.route("/train/<job_id>")
+class Train(MethodView):
+    @blp.arguments(TrainSchema, required=False)
+    def post(self, body, job_id):
+        """Start training on the initialized devices; returns at once (follow GET /api/jobs/<job_id>)."""
+        train = TrainConfig.parse(body or TrainSchema().load({}))
+        result = current_app.extensions["arceus"].train(job_id, train)
+        return {"message": "Training started", "epochs": train.epochs, "learning_rate": train.learning_rate,
+                "job_id": job_id, **result, "train_config": train.to_dict()}  # fmt: skip
+
+
+@blp.route("/stop/<job_id>")
+class Stop(MethodView):
+    def post(self, job_id):
+        """Stop a training job; every stage stops within a few seconds."""
+        current_app.extensions["arceus"].stop(job_id)
+        return {"message": "Training stopped", "job_id": job_id}

@@ -1,0 +1,132 @@
+"""What a device's worker holds between tasks: its shards, by job, and how it runs them.
+
+The Celery tasks in ``workers/`` are thin wrappers around ``ShardHost``; everything a
+stage run changes in a job's state (completed, failed with a reason, stopped) is done
+here, against the job store in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+
+import redis
+import torch
+
+from .config import ModelConfig
+from .errors import ArceusError, RunAborted
+from .events import EventLog
+from .jobs import Conflict, JobStore
+from .model import Shard, layer_flops, layer_specs
+from .partition import StageShard
+from .runspec import RunSpec
+from .settings import Settings
+from .stage import StageRunner
+from .training import pick_device
+
+__all__ = ["ShardHost", "describe_machine", "train_flops_per_sample"]
+
+log = logging.getLogger(__name__)
+
+
+def describe_machine(device: str | None = None) -> dict:
+    """What a worker tells the API about itself when it registers."""
+    dev = pick_device(device)
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "torch_device": str(dev),
+            "torch": torch.__version__}  # fmt: skip
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if dev.type == "cuda":
+        info["accelerator"] = torch.cuda.get_device_name(dev)
+        info["accelerator_memory_gb"] = round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1)
+    return info
+
+
+def train_flops_per_sample(specs: list[dict], start: int) -> int:
+    """FLOPs a training sample costs layers ``specs`` (starting at global layer ``start``):
+    forward, the weight gradient, and the input gradient except for layer 0, whose
+    input (the data) needs none."""
+    total = 0
+    for i, spec in enumerate(specs):
+        fwd = layer_flops(spec)
+        total += fwd + fwd + (fwd if start + i > 0 else 0)
+    return total
+
+
+class ShardHost:
+    def __init__(self, settings: Settings, redis_url: str, device: str | None = None) -> None:
+        self.settings, self.redis_url, self.device = settings, redis_url, device
+        self.shards: dict[str, Shard] = {}
+        self.r = redis.Redis.from_url(redis_url)
+        self.store = JobStore(self.r)
+
+    def load(self, job_id: str, device_id: int, shard: dict, model_config: dict, seed: int) -> dict:
+        plan = StageShard.from_dict(shard)
+        model = ModelConfig.parse(model_config)
+        module = Shard(layer_specs(model), plan.start_layer, plan.end_layer, seed).to(pick_device(self.device))
+        self.shards[job_id] = module
+        params = sum(p.numel() for p in module.parameters())
+        log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
+        return {"device_id": device_id, "stage": plan.stage, "start_layer": plan.start_layer,
+                "end_layer": plan.end_layer, "parameters": params,
+                "torch_device": str(next(module.parameters()).device)}  # fmt: skip
+
+    def unload(self, job_id: str) -> bool:
+        return self.shards.pop(job_id, None) is not None
+
+    def run(self, spec_dict: dict, stage: int) -> dict:
+        spec = RunSpec.from_dict(spec_dict)
+        job = self.store.get(spec.job_id)
+        if job.get("run_id") != spec.run_id or job["status"] != "training":
+            # A redelivered task of a run that is over (acks_late after a lost worker): nothing to do.
+            return {"stage": stage, "skipped": f"run {spec.run_id} is not the job's active run"}
+        model = self.shards.get(spec.job_id)
+        try:
+            if model is None:
+                raise Conflict(
+                    f"this worker holds no shard of job {spec.job_id} (was it restarted?): initialize the job again"
+                )
+            StageRunner(spec, stage, self.r, self.settings, model=model).run()
+        except RunAborted as e:
+            if self.store.get(spec.job_id)["status"] == "stopped":
+                return {"stage": stage, "stopped": True}
+            self._fail(spec, str(e))
+            raise
+        except Exception as e:
+            self._fail(spec, f"stage {stage}: {type(e).__name__}: {e}")
+            raise
+        if int(self.r.incr(f"{spec.prefix}:finished")) == spec.num_stages:
+            self._complete(spec)
+        return {"stage": stage, "finished": True}
+
+    def _fail(self, spec: RunSpec, reason: str) -> None:
+        try:
+            self.store.transition(spec.job_id, "failed", allowed_from=("training",), error=reason)
+        except ArceusError:  # already failed (first reason wins) or stopped
+            pass
+
+    def _complete(self, spec: RunSpec) -> None:
+        events = EventLog(self.r, spec.prefix).all()
+        epochs = [e for e in events if e["type"] == "epoch"]
+        stages = [e for e in events if e["type"] == "stage"]
+        specs = layer_specs(spec.job.model)
+        rows = []
+        for shard in spec.stages:
+            mine = [e for e in stages if e["stage"] == shard.stage]
+            compute = sum(e["compute_s"] for e in mine)
+            samples = sum(e["samples"] for e in epochs)
+            flops = train_flops_per_sample(specs[shard.start_layer : shard.end_layer], shard.start_layer) * samples
+            rows.append({"job_id": spec.job_id, "run_id": spec.run_id, "device_id": shard.device_id,
+                         "stage": shard.stage, "layers": [shard.start_layer, shard.end_layer],
+                         "flops": flops, "compute_seconds": compute,
+                         "teraflops": flops / compute / 1e12 if compute > 0 else 0.0})  # fmt: skip
+        self.store.add_teraflops(rows)
+        final = epochs[-1] if epochs else {}
+        try:
+            self.store.transition(spec.job_id, "completed", allowed_from=("training",), final=final)
+        except ArceusError as e:
+            log.warning("job %s finished but could not be marked completed: %s", spec.job_id, e)

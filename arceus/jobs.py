@@ -1,0 +1,222 @@
+"""Jobs and devices, kept in Redis (never only in a process's memory); no torch here.
+
+A job moves through ``created -> initializing -> ready -> training -> completed | failed |
+stopped``; a failure carries its reason. Every transition is a compare-and-set on the
+job's status, so two API processes (or an API and a worker) never race a job into an
+impossible state. Devices get sequential ids; device N's worker listens on queue
+``device-N``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+
+import redis
+
+from .config import JobConfig
+from .errors import ArceusError
+
+__all__ = ["TRANSITIONS", "Conflict", "JobStore", "NotFound", "queue_for"]
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "created": ("initializing",),
+    "initializing": ("ready", "failed"),
+    "ready": ("initializing", "training"),
+    "training": ("completed", "failed", "stopped"),
+    "completed": ("initializing", "training"),
+    "failed": ("initializing",),
+    "stopped": ("initializing", "training"),
+}
+ACTIVE = ("initializing", "training")
+
+
+class NotFound(ArceusError, KeyError):
+    """No job or device with that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class Conflict(ArceusError):
+    """The request does not fit the job's current state; the message says what to do."""
+
+
+def queue_for(device_id: int) -> str:
+    return f"device-{device_id}"
+
+
+def _now() -> float:
+    return time.time()
+
+
+class JobStore:
+    PREFIX = "arceus"
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+
+    # ------------------------------------------------------------------ jobs
+    def _key(self, job_id: str) -> str:
+        return f"{self.PREFIX}:job:{job_id}"
+
+    def create(self, config: JobConfig) -> str:
+        job_id = uuid.uuid4().hex[:12]
+        now = _now()
+        pipe = self.r.pipeline()
+        pipe.hset(
+            self._key(job_id),
+            mapping={"job_id": job_id, "status": "created", "config": json.dumps(config.to_dict()),
+                     "created_at": now, "updated_at": now, "error": ""},
+        )  # fmt: skip
+        pipe.zadd(f"{self.PREFIX}:jobs", {job_id: now})
+        pipe.execute()
+        return job_id
+
+    def get(self, job_id: str) -> dict:
+        raw = self.r.hgetall(self._key(job_id))
+        if not raw:
+            raise NotFound(f"job {job_id!r} does not exist")
+        job = {k.decode(): v.decode() for k, v in raw.items()}
+        for field in ("config", "plan", "train_config", "final"):
+            if job.get(field):
+                job[field] = json.loads(job[field])
+        for field in ("created_at", "updated_at"):
+            job[field] = float(job[field])
+        job["devices"] = self.job_devices(job_id)
+        return job
+
+    def list(self) -> list[dict]:
+        ids = [i.decode() for i in self.r.zrange(f"{self.PREFIX}:jobs", 0, -1)]
+        jobs = []
+        for job_id in ids:
+            try:
+                jobs.append(self.get(job_id))
+            except NotFound:  # deleted between the two reads
+                continue
+        return jobs
+
+    def delete(self, job_id: str) -> None:
+        job = self.get(job_id)
+        if job["status"] in ACTIVE:
+            raise Conflict(f"job {job_id} is {job['status']}: stop it (POST /api/network/stop/{job_id}) first")
+        for device in job["devices"]:
+            self.r.delete(self._device_key(device["device_id"]))
+            self.r.srem(f"{self.PREFIX}:devices", device["device_id"])
+        keys = list(self.r.scan_iter(match=f"{self._key(job_id)}:*", count=1000))
+        self.r.delete(self._key(job_id), *keys)
+        self.r.zrem(f"{self.PREFIX}:jobs", job_id)
+
+    def transition(self, job_id: str, to: str, allowed_from: Iterable[str] | None = None, **fields: object) -> dict:
+        """Compare-and-set the status; raises Conflict naming the current status when not allowed."""
+        key = self._key(job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = pipe.hget(key, "status")
+                    if current is None:
+                        raise NotFound(f"job {job_id!r} does not exist")
+                    current = current.decode()
+                    sources = tuple(allowed_from) if allowed_from is not None else _sources(to)
+                    if current not in sources:
+                        raise Conflict(_conflict_message(job_id, current, to))
+                    mapping = {"status": to, "updated_at": _now()}
+                    mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()})
+                    pipe.multi()
+                    pipe.hset(key, mapping=mapping)
+                    pipe.execute()
+                    return {"from": current, "to": to}
+                except redis.WatchError:
+                    continue
+
+    def set_fields(self, job_id: str, **fields: object) -> None:
+        mapping = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
+        self.r.hset(self._key(job_id), mapping=mapping)
+
+    # --------------------------------------------------------------- devices
+    def _device_key(self, device_id: int) -> str:
+        return f"{self.PREFIX}:device:{device_id}"
+
+    def register_device(self, job_id: str, info: dict) -> int:
+        job = self.get(job_id)
+        if job["status"] in ACTIVE:
+            raise Conflict(f"job {job_id} is {job['status']}: register devices before initializing it")
+        name = info.get("name")
+        if name and any(d.get("name") == name for d in job["devices"]):
+            raise Conflict(f"a device named {name!r} is already registered for job {job_id}")
+        device_id = int(self.r.incr(f"{self.PREFIX}:device:seq"))
+        record = {"device_id": device_id, "job_id": job_id, "queue": queue_for(device_id),
+                  "registered_at": _now(), **info}  # fmt: skip
+        pipe = self.r.pipeline()
+        pipe.set(self._device_key(device_id), json.dumps(record))
+        pipe.sadd(f"{self.PREFIX}:devices", device_id)
+        pipe.sadd(f"{self._key(job_id)}:devices", device_id)
+        pipe.execute()
+        return device_id
+
+    def get_device(self, device_id: int) -> dict:
+        raw = self.r.get(self._device_key(device_id))
+        if raw is None:
+            raise NotFound(f"device {device_id} does not exist")
+        return json.loads(raw)
+
+    def devices(self) -> list[dict]:
+        ids = sorted(int(i) for i in self.r.smembers(f"{self.PREFIX}:devices"))
+        raws = self.r.mget([self._device_key(i) for i in ids]) if ids else []
+        return [json.loads(r) for r in raws if r is not None]
+
+    def job_devices(self, job_id: str) -> list[dict]:
+        ids = sorted(int(i) for i in self.r.smembers(f"{self._key(job_id)}:devices"))
+        raws = self.r.mget([self._device_key(i) for i in ids]) if ids else []
+        return [json.loads(r) for r in raws if r is not None]
+
+    def update_device(self, device_id: int, **fields: object) -> None:
+        record = self.get_device(device_id)
+        record.update(fields)
+        self.r.set(self._device_key(device_id), json.dumps(record))
+
+    def delete_device(self, device_id: int) -> None:
+        record = self.get_device(device_id)
+        job_id = record["job_id"]
+        try:
+            status = self.get(job_id)["status"]
+        except NotFound:
+            status = None
+        if status in ACTIVE:
+            raise Conflict(f"device {device_id} belongs to job {job_id}, which is {status}: stop the job first")
+        pipe = self.r.pipeline()
+        pipe.delete(self._device_key(device_id))
+        pipe.srem(f"{self.PREFIX}:devices", device_id)
+        pipe.srem(f"{self._key(job_id)}:devices", device_id)
+        pipe.execute()
+
+    # ---------------------------------------------------------- teraflops
+    def add_teraflops(self, rows: list[dict]) -> None:
+        if rows:
+            self.r.rpush(f"{self.PREFIX}:teraflops", *[json.dumps(r) for r in rows])
+
+    def teraflops(self) -> list[dict]:
+        return [json.loads(r) for r in self.r.lrange(f"{self.PREFIX}:teraflops", 0, -1)]
+
+
+def _sources(to: str) -> tuple[str, ...]:
+    return tuple(s for s, targets in TRANSITIONS.items() if to in targets)
+
+
+def _conflict_message(job_id: str, current: str, to: str) -> str:
+    if current == to:
+        return f"job {job_id} is already {current}"
+    if to == "training" and current in ("created", "failed"):
+        advice = f"initialize it first (POST /api/network/initialize/{job_id})"
+    elif to == "training" and current == "initializing":
+        advice = "wait until initialization has finished (status ready)"
+    elif to == "stopped":
+        advice = "only a training job can be stopped"
+    elif to == "initializing" and current == "training":
+        advice = f"stop it first (POST /api/network/stop/{job_id})"
+    else:
+        advice = f"allowed from: {', '.join(_sources(to))}"
+    return f"job {job_id} is {current}, cannot move to {to}: {advice}"

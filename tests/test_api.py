@@ -1,0 +1,222 @@
+"""The original Arceus flow over HTTP: a real API server, real Celery workers, a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from cluster import Cluster, free_port
+from conftest import write_mnist
+
+SEED_JOB = {
+    "model_config": {"layer_sizes": [784, 128, 64, 10]},
+    "dataset_config": {"name": "MNIST", "batch_size": 256, "val_batch_size": 1000,
+                       "normalize": {"mean": [0.1307], "std": [0.3081]}},
+}  # fmt: skip
+
+
+@pytest.fixture
+def cluster(redis_url, tmp_path):
+    data = tmp_path / "data"
+    write_mnist(data)  # 6,000 learnable MNIST-format training samples
+    c = Cluster(redis_url, data, tmp_path)
+    c.start_api()
+    yield c
+    c.stop_all()
+
+
+def _job_with_workers(c: Cluster, n: int = 3, job: dict = SEED_JOB) -> tuple[str, list[int]]:
+    status, body = c.call("POST", "/api/jobs", job)
+    assert status == 201 and body["message"] == "Job created successfully"
+    job_id, devices = body["job_id"], []
+    for i in range(n):
+        status, body = c.call("POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})
+        assert status == 201 and body["message"] == "Device registered successfully"
+        devices.append(body["device_id"])
+        c.start_worker(body["device_id"])
+    return job_id, devices
+
+
+def _initialize(c: Cluster, job_id: str) -> dict:
+    status, body = c.call("POST", f"/api/network/initialize/{job_id}")
+    assert status == 200, body
+    assert body["message"] == "Network initialized successfully"
+    return body
+
+
+def test_original_readme_flow_trains_the_seed_job(cluster):
+    job_id, devices = _job_with_workers(cluster)
+    init = _initialize(cluster, job_id)
+    assert [(s["start_layer"], s["end_layer"], s["device_id"]) for s in init["plan"]] == [
+        (0, 1, devices[0]), (1, 2, devices[1]), (2, 3, devices[2])
+    ]  # fmt: skip
+    status, body = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 5, "learning_rate": 0.1})
+    assert status == 200
+    assert {k: body[k] for k in ("message", "epochs", "learning_rate")} == {
+        "message": "Training started", "epochs": 5, "learning_rate": 0.1
+    }  # fmt: skip
+    job = cluster.wait_for(job_id, lambda j: j["status"] in ("completed", "failed"), 180, "training to end")
+    assert job["status"] == "completed", job["error"]
+    assert job["final_metrics"]["epoch"] == 5
+    assert job["final_metrics"]["val_accuracy"] > 0.9  # chance is 0.1: only real learning gets here
+    status, metrics = cluster.call("GET", f"/api/jobs/{job_id}/metrics")
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5]
+    assert {s["stage"] for s in metrics["stages"]} == {0, 1, 2}
+    status, tf = cluster.call("GET", "/api/previous_teraflops")
+    rows = [r for r in tf["teraflops"] if r["job_id"] == job_id]
+    assert sorted(r["device_id"] for r in rows) == devices
+    # Stage 0 (784x128, no input gradient): 4 x 784 x 128 FLOPs per sample (+ bias terms) x 30,000 samples.
+    stage0 = next(r for r in rows if r["stage"] == 0)
+    assert stage0["flops"] == (2 * (2 * 784 * 128 + 128) + 0) * 30_000
+    assert 0 < stage0["teraflops"] < 10
+    status, listing = cluster.call("GET", "/api/jobs")
+    assert [j["job_id"] for j in listing["jobs"]] == [job_id]
+
+
+def test_restarting_the_api_loses_nothing(cluster):
+    job_id, _ = _job_with_workers(cluster, 2)
+    _initialize(cluster, job_id)
+    cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 6, "learning_rate": 0.1})
+    before = cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
+    cluster.kill("api")
+    cluster.start_api()
+    after = cluster.call("GET", f"/api/jobs/{job_id}")[1]
+    assert after["status"] in ("training", "completed") and after["run_id"] == before["run_id"]
+    assert after["devices"] == before["devices"]
+    job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 180, "training to end")
+    assert job["status"] == "completed", job["error"]
+
+
+def test_stop_ends_training_within_seconds(cluster, r):
+    job_id, _ = _job_with_workers(cluster, 3)
+    _initialize(cluster, job_id)
+    cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 500, "learning_rate": 0.1})
+    job = cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
+    status, body = cluster.call("DELETE", f"/api/jobs/{job_id}")
+    assert status == 409 and "stop it" in body["message"]
+    t0 = time.monotonic()
+    status, body = cluster.call("POST", f"/api/network/stop/{job_id}")
+    assert status == 200 and body["message"] == "Training stopped"
+    prefix = f"arceus:job:{job_id}:run:{job['run_id']}"
+    while time.monotonic() - t0 < 10:  # every stage's task has ended
+        errors = [e for e in _events(r, prefix) if e["type"] == "error"]
+        if len(errors) == 3:
+            break
+        time.sleep(0.2)
+    assert len(errors) == 3 and all("stopped by the user" in e["reason"] for e in errors)
+    assert cluster.call("GET", f"/api/jobs/{job_id}")[1]["status"] == "stopped"
+    status, body = cluster.call("POST", f"/api/network/stop/{job_id}")
+    assert status == 409
+
+
+def test_a_killed_worker_fails_the_job_with_a_reason(cluster):
+    job_id, devices = _job_with_workers(cluster, 3)
+    _initialize(cluster, job_id)
+    cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 500, "learning_rate": 0.1})
+    cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
+    cluster.kill(f"worker-{devices[1]}")
+    t0 = time.monotonic()
+    job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 30, "the job to fail")
+    assert job["status"] == "failed"
+    assert "stage 1 stopped responding" in job["error"] and "worker was lost" in job["error"]
+    assert time.monotonic() - t0 < 20
+
+
+def _events(r, prefix):
+    import json
+
+    return [json.loads(f[b"e"]) for _, f in r.xrange(f"{prefix}:events")]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model_config": {"layer_sizes": [784]}}, "model_config.layer_sizes"),
+        ({"model_config": {"layer_sizes": [784, 0, 10]}}, "model_config.layer_sizes.1"),
+        ({"model_config": {"layer_sizes": [784, 10]}, "dataset_config": {"name": "CIFAR"}}, "dataset_config.name"),
+        ({"model_config": {"layer_sizes": [784, 10]}, "dataset_config": {"batch_size": 0}},
+         "dataset_config.batch_size"),
+        ({"model_config": {"layer_sizes": [784, 10]}, "colour": "red"}, "colour"),
+        ({"dataset_config": {}}, "model_config"),
+    ],
+)  # fmt: skip
+def test_invalid_job_configs_are_400_naming_the_field(cluster, body, field):
+    status, resp = cluster.call("POST", "/api/jobs", body)
+    assert status == 400
+    assert resp["message"].startswith(f"{field}:") or f"; {field}:" in resp["message"], resp
+
+
+def test_errors_are_json_with_the_right_status(cluster):
+    c = cluster
+    assert c.call("GET", "/api/jobs/nope") == (404, {"code": 404, "status": "Not Found",
+                                                      "message": "job 'nope' does not exist"})  # fmt: skip
+    assert c.call("DELETE", "/api/devices/999")[0] == 404
+    assert c.call("POST", "/api/network/train/nope", {"epochs": 1})[0] == 404
+    status, resp = c.call("POST", "/api/devices/register", {"job_id": "nope"})
+    assert status == 404 and "nope" in resp["message"]
+
+    _, body = c.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]}})
+    job_id = body["job_id"]
+    status, resp = c.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})
+    assert status == 409 and "initialize it first" in resp["message"]
+    status, resp = c.call("POST", f"/api/network/initialize/{job_id}")
+    assert status == 409 and "no devices" in resp["message"]
+    assert c.call("POST", "/api/devices/register", {"job_id": job_id, "name": "a"})[0] == 201
+    status, resp = c.call("POST", "/api/devices/register", {"job_id": job_id, "name": "a"})
+    assert status == 409 and "already registered" in resp["message"]
+    assert c.call("POST", "/api/devices/register", {"job_id": job_id, "name": "b"})[0] == 201
+    status, resp = c.call("POST", f"/api/network/initialize/{job_id}")
+    assert status == 409 and "L=1 layers over D=2 devices" in resp["message"]
+    status, resp = c.call("POST", f"/api/network/train/{job_id}", {"epochs": 0})
+    assert status == 400 and resp["message"].startswith("epochs:")
+    status, resp = c.call("POST", f"/api/network/train/{job_id}", {"epochs": 1, "wire": "int4"})
+    assert status == 400 and resp["message"].startswith("wire:")
+    status, resp = c.call("POST", "/api/jobs", raw=b'{"model_config": ' + b" " * 70_000 + b"}")
+    assert status == 413
+    status, resp = c.call("POST", "/api/jobs", raw=b"{not json")
+    assert status == 400
+
+
+def test_initialize_without_a_worker_times_out_with_advice(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path, tmp_path)
+    c.start_api(ARCEUS_INIT_TIMEOUT="2")
+    try:
+        _, body = c.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]}})
+        job_id = body["job_id"]
+        _, dev = c.call("POST", "/api/devices/register", {"job_id": job_id})
+        status, resp = c.call("POST", f"/api/network/initialize/{job_id}")
+        assert status == 504
+        assert f"celery -A workers worker -Q device-{dev['device_id']}" in resp["message"]
+        job = c.call("GET", f"/api/jobs/{job_id}")[1]
+        assert job["status"] == "failed" and "did not confirm" in job["error"]
+    finally:
+        c.stop_all()
+
+
+def test_openapi_document_lists_the_original_paths(cluster):
+    status, doc = cluster.call("GET", "/api/openapi.json")
+    assert status == 200
+    for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/devices/register", "/api/network/initialize/{job_id}",
+                 "/api/network/train/{job_id}", "/api/network/stop/{job_id}", "/api/previous_teraflops"):  # fmt: skip
+        assert path in doc["paths"], path
+
+
+def test_flower_lists_the_workers(cluster):
+    job_id, devices = _job_with_workers(cluster, 2)
+    _initialize(cluster, job_id)  # the workers have run a task each
+    port = free_port()
+    cluster.start_flower(port)
+    base = f"http://127.0.0.1:{port}"
+    cluster.wait_http("/api/workers", timeout=60, base=base)
+    deadline = time.monotonic() + 30
+    import json
+    import urllib.request
+
+    while True:
+        with urllib.request.urlopen(base + "/api/workers?refresh=1", timeout=20) as resp:
+            workers = json.loads(resp.read())
+        names = sorted(workers)
+        if len(names) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [n.split("@")[0] for n in names] == [f"device-{d}" for d in devices]
