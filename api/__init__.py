@@ -50,6 +50,6 @@ def create_app(settings: Settings | None = None, test_config: dict | None = None
     url = settings.redis_url or DEFAULT_REDIS_URL
     celery = make_celery(replace(settings, redis_url=url))
     app.extensions["arceus"] = Control(redis.Redis.from_url(url), celery, app.config["INIT_TIMEOUT_S"])
-    for module in (jobs, devices, network):
-        api.register_blueprint(module.blp)
+    for blp in (jobs.blp, devices.blp, devices.workers_blp, network.blp):
+        api.register_blueprint(blp)
     return app

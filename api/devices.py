@@ -44,3 +44,14 @@ class Device(MethodView):
         """Unregister a device (not while its job initializes or trains)."""
         current_app.extensions["arceus"].store.delete_device(device_id)
         return {"message": "Device deleted successfully", "device_id": device_id}
+
+
+workers_blp = Blueprint("workers", __name__, url_prefix="/api", description="Celery workers")
+
+
+@workers_blp.route("/workers")
+class Workers(MethodView):
+    def get(self):
+        """The Celery workers that answer a ping now (name: device-N@host)."""
+        replies = current_app.extensions["arceus"].celery.control.ping(timeout=1.0) or []
+        return {"workers": sorted(name for reply in replies for name in reply)}

@@ -1,4 +1,8 @@
-"""The ``arceus`` command line. ``arceus train`` trains a job across local stage processes."""
+"""The ``arceus`` command line.
+
+``arceus train`` trains a job across local stage processes (no API, no Celery);
+``arceus demo`` runs the whole original flow (API, Celery workers) on this machine.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="torch device for every stage (default: mps > cuda > cpu)")
     t.add_argument("--no-fallback", action="store_true", help="fail instead of using the 'digits' stand-in")
     t.add_argument("--json", action="store_true", help="print the per-epoch history as JSON at the end")
+    t.set_defaults(func=cmd_train)
+    from .cli_control import add_commands  # noqa: PLC0415
+
+    add_commands(sub)
     return p
 
 
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        return {"train": cmd_train}[args.command](args)
+        return args.func(args)
     except ArceusError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

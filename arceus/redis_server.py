@@ -61,7 +61,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class EmbeddedRedis:
-    def __init__(self, binary: str | None = None, startup_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        startup_timeout_s: float = 10.0,
+        bind: str = "127.0.0.1",
+        password: str | None = None,
+    ) -> None:
+        # Bound to loopback unless asked; on the LAN (bind 0.0.0.0) a password is required.
+        if bind != "127.0.0.1" and not password:
+            raise RedisServerError(f"binding the embedded Redis to {bind} needs a password")
+        self.bind, self.password = bind, password
         self.binary = binary or find_redis_server()
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -70,19 +80,26 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        return self.url_for("127.0.0.1")
+
+    def url_for(self, host: str) -> str:
+        """The URL other processes use to reach this server through ``host``."""
         if self.port is None:
             raise RedisServerError("embedded Redis is not running")
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{host}:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="arceus-redis-")
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = _free_port()
             args = [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir.name,
+                self.binary, "--port", str(self.port), "--bind", self.bind, "--dir", self._dir.name,
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
                 "--loglevel", "warning", "--logfile", os.path.join(self._dir.name, "redis.log"),
             ]  # fmt: skip
+            if self.password:
+                args += ["--requirepass", self.password]
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
@@ -98,7 +115,7 @@ class EmbeddedRedis:
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.5)
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:

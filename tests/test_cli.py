@@ -1,0 +1,64 @@
+"""The command line as a user runs it: real processes, real Redis, no network."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from cluster import free_port
+
+
+def _env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k != "ARCEUS_REDIS_URL"}  # the embedded server
+    return {**env, "ARCEUS_DATA_DIR": str(tmp_path / "nodata"), **extra}
+
+
+def test_demo_runs_the_original_flow_on_the_stand_in_dataset(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "arceus.cli", "demo", "--epochs", "3", "--workers", "3"],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "offline stand-in dataset 'digits'" in out.stdout
+    assert "stage 2: layers [2, 3) on device 3" in out.stdout
+    assert len(re.findall(r"^epoch +\d/3 .* samples/s$", out.stdout, re.M)) == 3
+    acc = float(re.search(r"completed in .* val accuracy ([0-9.]+)", out.stdout).group(1))
+    assert acc > 0.5  # three epochs on the 8x8 digits: far above chance (0.1)
+
+
+def test_up_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arceus.cli", "up", "--port", str(port)],
+        env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "arceus up did not serve the API"
+                time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "celery -A workers worker -Q device-N" in output and "arceus worker --api-url" in output
+    redis_port = re.search(r"Redis +redis://127\.0\.0\.1:(\d+)/0", output).group(1)
+    leftovers = subprocess.run(["pgrep", "-f", f"redis-server 127.0.0.1:{redis_port}"], capture_output=True)
+    assert leftovers.returncode == 1  # no redis-server left behind
+
+
+def test_train_with_a_bad_job_file_says_what_is_wrong(tmp_path):
+    bad = tmp_path / "job.json"
+    bad.write_text('{"model_config": {"layer_sizes": [784]}}')
+    out = subprocess.run([sys.executable, "-m", "arceus.cli", "train", "--job", str(bad)],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2
+    assert "error: model_config.layer_sizes: needs between 2 and 257 entries, got 1" in out.stderr
