@@ -220,3 +220,32 @@ def test_flower_lists_the_workers(cluster):
             break
         time.sleep(0.5)
     assert [n.split("@")[0] for n in names] == [f"device-{d}" for d in devices]
+
+
+def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
+    import signal
+    import subprocess
+    import sys
+
+    from cluster import ROOT
+
+    _, body = cluster.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]}})
+    job_id = body["job_id"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arceus.cli", "worker", "--api-url", cluster.base, "--job-id", job_id,
+         "--name", "laptop"],
+        cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        job = cluster.wait_for(job_id, lambda j: j["devices"], 60, "the worker to register")
+        device = job["devices"][0]
+        assert device["name"] == "laptop" and device["torch_device"] == "cpu" and device["memory_gb"] > 0
+        assert device["host"] and device["torch"]
+        status, init = cluster.call("POST", f"/api/network/initialize/{job_id}")  # served by that worker
+        assert status == 200 and init["devices"][0]["device_id"] == device["device_id"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    assert f"registered as device {device['device_id']}" in output
+    assert f"unregistered device {device['device_id']}" in output
+    assert cluster.call("GET", f"/api/devices/{device['device_id']}")[0] == 404
