@@ -20,7 +20,7 @@ __all__ = [
 DATASETS = ("MNIST", "FashionMNIST", "digits")
 # User-facing wire name -> codec registered in arceus.wire.
 WIRE_CODECS = {"fp32": "raw", "fp16": "fp16", "int8": "int8"}
-SCHEDULES = ("gpipe",)
+SCHEDULES = ("gpipe", "1f1b")  # names of arceus.schedule.SCHEDULES (config imports no torch)
 MAX_LAYER_SIZE = 1 << 16
 MAX_LAYERS = 256
 MAX_BATCH = 1 << 16

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +51,8 @@ class Timers:
     bytes_raw: int = 0
     bytes_wire: int = 0
     messages: int = 0
+    # Most micro-batches whose activations this stage held at once (the schedule's bound).
+    max_in_flight: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def snapshot(self) -> dict:
@@ -64,6 +68,8 @@ class Timers:
             "bytes_raw": self.bytes_raw,
             "bytes_wire": self.bytes_wire,
             "messages": self.messages,
+            "max_in_flight": self.max_in_flight,
+            "peak_rss_mb": _peak_rss_mb(),
         }
 
 
@@ -326,6 +332,7 @@ class StageRunner:
                 else:
                     outputs[action.mb] = out
                 inputs[action.mb] = x
+                self.timers.max_in_flight = max(self.timers.max_in_flight, len(inputs))
                 self.timers.compute_s += time.perf_counter() - t0
                 if not self.last:
                     self._send(self.fwd_out, h, out.detach(), msg, "forward activations")
@@ -377,6 +384,12 @@ class StageRunner:
         """Final parameters into ``<prefix>:weights`` (lossless payloads), for tests and export."""
         state = {k: encode(v.detach().cpu(), "raw") for k, v in self.model.state_dict().items()}
         self.r.hset(f"{self.spec.prefix}:weights", mapping=state)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (a worker's covers every job it ran)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def check_message_sizes(spec: RunSpec, settings: Settings) -> None:

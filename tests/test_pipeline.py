@@ -38,12 +38,23 @@ def _reference(job, train, data_dir):
 
 
 @pytest.mark.parametrize(
-    ("sizes", "stages", "micro_batches"),
-    [([784, 128, 64, 10], 3, 1), ([784, 128, 64, 10], 3, 4), ([784, 64, 48, 32, 10], 2, 3)],
+    ("sizes", "stages", "micro_batches", "schedule"),
+    [
+        ([784, 128, 64, 10], 3, 1, "gpipe"),
+        ([784, 128, 64, 10], 3, 4, "gpipe"),
+        ([784, 64, 48, 32, 10], 2, 3, "gpipe"),
+        ([784, 128, 64, 10], 3, 4, "1f1b"),
+        ([784, 64, 48, 32, 10], 4, 6, "1f1b"),
+    ],
 )
-def test_lossless_pipeline_equals_single_process(redis_url, settings, mnist_dir, sizes, stages, micro_batches):
+def test_lossless_pipeline_equals_single_process(
+    redis_url, settings, mnist_dir, sizes, stages, micro_batches, schedule
+):
     job = _job(sizes)
-    train = TrainConfig(epochs=1, learning_rate=0.05, momentum=0.5, micro_batches=micro_batches, wire="fp32", seed=5)
+    train = TrainConfig(
+        epochs=1, learning_rate=0.05, momentum=0.5, micro_batches=micro_batches, wire="fp32", seed=5,
+        schedule=schedule,
+    )  # fmt: skip
     result = train_local(job, train, stages, redis_url, settings, keep_weights=True)
     model, history = _reference(job, train, mnist_dir)
     assert len(result.epochs) == 1
@@ -90,6 +101,7 @@ def test_metrics_are_written_to_redis_as_they_happen(redis_url, settings, mnist_
     assert {(e["stage"], e["epoch"]) for e in stage_rows} == {(0, 1), (1, 1), (0, 2), (1, 2)}
     for e in stage_rows:
         assert e["compute_s"] > 0 and e["bytes_wire"] > 0 and 0 < e["utilization"] < 1
+        assert e["max_in_flight"] == 2 and e["peak_rss_mb"] > 50  # GPipe, M=2: both micro-batches held
         if e["stage"] == 1:
             assert e["wait_s"] > 0  # it can only wait for stage 0's activations
     # Nothing of the data plane is left behind once the run is over.
