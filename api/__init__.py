@@ -49,7 +49,9 @@ def create_app(settings: Settings | None = None, test_config: dict | None = None
 
     url = settings.redis_url or DEFAULT_REDIS_URL
     celery = make_celery(replace(settings, redis_url=url))
-    app.extensions["arceus"] = Control(redis.Redis.from_url(url), celery, app.config["INIT_TIMEOUT_S"])
+    app.extensions["arceus"] = Control(
+        redis.Redis.from_url(url), celery, app.config["INIT_TIMEOUT_S"], start_grace_s=settings.recv_timeout_s + 10
+    )
     for blp in (jobs.blp, devices.blp, devices.workers_blp, network.blp):
         api.register_blueprint(blp)
     return app

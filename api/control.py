@@ -37,14 +37,43 @@ class UpstreamError(ArceusError):
 
 
 class Control:
-    def __init__(self, r: redis.Redis, celery: Celery, init_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, r: redis.Redis, celery: Celery, init_timeout_s: float = 60.0, start_grace_s: float = 130.0
+    ) -> None:
         self.r, self.celery, self.store = r, celery, JobStore(r)
         self.init_timeout_s = init_timeout_s
+        # How long a run's stages may take to start (their start barrier waits as long).
+        self.start_grace_s = start_grace_s
+
+    def job(self, job_id: str) -> dict:
+        """The job, after failing it if every process that could move it on is gone."""
+        return self.reap(self.store.get(job_id))
+
+    def reap(self, job: dict) -> dict:
+        age = time.time() - float(job.get("updated_at") or 0)
+        reason = None
+        if job["status"] == "initializing" and age > self.init_timeout_s + 30:
+            reason = "initialization never finished (the API process handling it stopped?): initialize again"
+        elif job["status"] == "training" and time.time() - float(job.get("started_at") or 0) > self.start_grace_s:
+            prefix = run_prefix(job["job_id"], job["run_id"])
+            beats = self.r.mget([f"{prefix}:alive:{s['stage']}" for s in job.get("plan") or []])
+            if beats and all(b is None for b in beats):
+                reason = (
+                    f"no stage of run {job['run_id']} is running (no heartbeat): "
+                    f"are the workers of devices {[s['device_id'] for s in job['plan']]} up?"
+                )
+        if reason is not None:
+            try:
+                self.store.transition(job["job_id"], "failed", allowed_from=(job["status"],), error=reason)
+            except ArceusError:  # it moved on meanwhile
+                pass
+            job = self.store.get(job["job_id"])
+        return job
 
     def initialize(self, job_id: str, seed: int = 0) -> dict:
         """Partition the layers over the job's devices; each device's worker builds its shard
         (weights from ``seed``, per layer) and keeps it in memory. Returns once all confirmed."""
-        job = self.store.get(job_id)
+        job = self.job(job_id)
         devices = job["devices"]
         config = JobConfig.parse(job["config"])
         if not devices:
@@ -81,7 +110,7 @@ class Control:
         return {"plan": stages, "devices": confirmed}
 
     def train(self, job_id: str, train: TrainConfig) -> dict:
-        job = self.store.get(job_id)
+        job = self.job(job_id)
         if job["status"] not in ("ready", "completed", "stopped"):
             # Let the store phrase the conflict (train before initialize, already training, ...).
             self.store.transition(job_id, "training", allowed_from=("ready", "completed", "stopped"))

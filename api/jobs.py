@@ -50,7 +50,7 @@ class Jobs(MethodView):
     def get(self):
         """All jobs, oldest first."""
         control = _control()
-        return {"jobs": [_public(j, control) for j in control.store.list()]}
+        return {"jobs": [_public(control.reap(j), control) for j in control.store.list()]}
 
 
 @blp.route("/jobs/<job_id>")
@@ -58,7 +58,7 @@ class Job(MethodView):
     def get(self, job_id):
         """Status, devices, configs, progress (epoch/step), latest metrics and error reason."""
         control = _control()
-        return _public(control.store.get(job_id), control)
+        return _public(control.job(job_id), control)
 
     def delete(self, job_id):
         """Delete a job that is not initializing or training (and unregister its devices)."""

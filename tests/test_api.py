@@ -249,3 +249,22 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
     assert f"registered as device {device['device_id']}" in output
     assert f"unregistered device {device['device_id']}" in output
     assert cluster.call("GET", f"/api/devices/{device['device_id']}")[0] == 404
+
+
+def test_a_run_whose_workers_are_all_gone_fails_instead_of_hanging(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path, tmp_path)
+    c.start_api(ARCEUS_RECV_TIMEOUT="3")  # stages get 3 s to start; the API waits that plus 10 s
+    try:
+        _, body = c.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]},
+                                               "dataset_config": {"name": "digits"}})  # fmt: skip
+        job_id = body["job_id"]
+        _, dev = c.call("POST", "/api/devices/register", {"job_id": job_id})
+        c.start_worker(dev["device_id"])
+        _initialize(c, job_id)
+        c.kill(f"worker-{dev['device_id']}")  # gone before its run_stage task is sent
+        assert c.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})[0] == 200
+        job = c.wait_for(job_id, lambda j: j["status"] != "training", 40, "the job to be failed")
+        assert job["status"] == "failed" and "no stage of run" in job["error"]
+        assert f"devices [{dev['device_id']}] up?" in job["error"]
+    finally:
+        c.stop_all()
