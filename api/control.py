@@ -21,7 +21,7 @@ from arceus.jobs import Conflict, JobStore
 from arceus.partition import StageShard, plan
 from arceus.runspec import RunSpec, run_prefix
 from arceus.streams import Abort
-from workers import LOAD_SHARD, RUN_STAGE
+from workers import LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD
 
 __all__ = ["Control", "UpstreamError"]
 
@@ -57,7 +57,8 @@ class Control:
         elif job["status"] == "training" and time.time() - float(job.get("started_at") or 0) > self.start_grace_s:
             prefix = run_prefix(job["job_id"], job["run_id"])
             beats = self.r.mget([f"{prefix}:alive:{s['stage']}" for s in job.get("plan") or []])
-            if beats and all(b is None for b in beats):
+            # Live stages watch each other; with none alive and one silent, nobody else will notice.
+            if beats and b"alive" not in beats and None in beats:
                 reason = (
                     f"no stage of run {job['run_id']} is running (no heartbeat): "
                     f"are the workers of devices {[s['device_id'] for s in job['plan']]} up?"
@@ -81,10 +82,15 @@ class Control:
         shards = plan(config.model.num_layers, [d["device_id"] for d in devices])  # PartitionError when D > L
         self.store.transition(job_id, "initializing", error="")
         pending = []
-        for shard in shards:
-            queue = f"device-{shard.device_id}"
-            args = [job_id, shard.device_id, shard.to_dict(), config.model.to_dict(), seed]
-            pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
+        try:
+            for shard in shards:
+                queue = f"device-{shard.device_id}"
+                args = [job_id, shard.device_id, shard.to_dict(), config.model.to_dict(), seed]
+                pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
+        except Exception as e:  # the broker refused: nothing will confirm
+            reason = f"could not enqueue the shards: {type(e).__name__}: {e}"
+            self.store.transition(job_id, "failed", error=reason)
+            raise UpstreamError(reason, 502) from None
         deadline = time.monotonic() + self.init_timeout_s
         confirmed = []
         for shard, result in pending:
@@ -111,13 +117,13 @@ class Control:
 
     def train(self, job_id: str, train: TrainConfig) -> dict:
         job = self.job(job_id)
-        if job["status"] not in ("ready", "completed", "stopped"):
+        if job["status"] not in ("ready", "completed"):
             # Let the store phrase the conflict (train before initialize, already training, ...).
-            self.store.transition(job_id, "training", allowed_from=("ready", "completed", "stopped"))
+            self.store.transition(job_id, "training")
         stages = tuple(StageShard.from_dict(s) for s in job.get("plan") or [])
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages)
         self.store.transition(
-            job_id, "training", allowed_from=("ready", "completed", "stopped"),
+            job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
             run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
         )  # fmt: skip
         for shard in stages:
@@ -125,9 +131,14 @@ class Control:
         return {"run_id": spec.run_id}
 
     def stop(self, job_id: str) -> None:
-        job = self.store.get(job_id)
-        self.store.transition(job_id, "stopped", allowed_from=("training",), error="stopped by the user")
-        Abort(self.r, run_prefix(job_id, job["run_id"])).set("stopped by the user")
+        moved = self.store.transition(job_id, "stopped", allowed_from=("training",), error="stopped by the user")
+        Abort(self.r, run_prefix(job_id, moved["run_id"])).set("stopped by the user")
+
+    def delete(self, job_id: str) -> None:
+        devices = self.store.get(job_id)["devices"]
+        self.store.delete(job_id)
+        for d in devices:  # free the workers' memory; a worker that is gone has nothing to free
+            self.celery.send_task(UNLOAD_SHARD, args=[job_id], queue=f"device-{d['device_id']}", expires=3600)
 
     def progress(self, job: dict) -> dict:
         """Latest epoch row and step of the job's current (or last) run."""

@@ -62,7 +62,7 @@ class Job(MethodView):
 
     def delete(self, job_id):
         """Delete a job that is not initializing or training (and unregister its devices)."""
-        _control().store.delete(job_id)
+        _control().delete(job_id)
         return {"message": "Job deleted successfully", "job_id": job_id}
 
 

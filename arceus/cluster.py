@@ -52,9 +52,17 @@ class LocalCluster:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> LocalCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # nothing half-started is left behind
+            raise
+
+    def _start(self) -> LocalCluster:
         if self.redis_url is None:
             lan = self.host != "127.0.0.1"
             self.redis = EmbeddedRedis(

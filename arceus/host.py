@@ -24,6 +24,7 @@ from .partition import StageShard
 from .runspec import RunSpec
 from .settings import Settings
 from .stage import StageRunner
+from .streams import Abort
 from .training import pick_device
 
 __all__ = ["ShardHost", "describe_machine", "train_flops_per_sample"]
@@ -65,6 +66,9 @@ class ShardHost:
         self.store = JobStore(self.r)
 
     def load(self, job_id: str, device_id: int, shard: dict, model_config: dict, seed: int) -> dict:
+        if self.store.get(job_id)["status"] != "initializing":
+            # A redelivered task of an initialization that is over must not replace a newer shard.
+            return {"device_id": device_id, "skipped": "the job is not initializing"}
         plan = StageShard.from_dict(shard)
         model = ModelConfig.parse(model_config)
         module = Shard(layer_specs(model), plan.start_layer, plan.end_layer, seed).to(pick_device(self.device))
@@ -82,8 +86,10 @@ class ShardHost:
         spec = RunSpec.from_dict(spec_dict)
         job = self.store.get(spec.job_id)
         if job.get("run_id") != spec.run_id or job["status"] != "training":
-            # A redelivered task of a run that is over (acks_late after a lost worker): nothing to do.
             return {"stage": stage, "skipped": f"run {spec.run_id} is not the job's active run"}
+        # One execution per stage and run: a redelivered copy of this task (acks_late) is skipped.
+        if not self.r.set(f"{spec.prefix}:claimed:{stage}", socket.gethostname(), nx=True, ex=7 * 24 * 3600):
+            return {"stage": stage, "skipped": f"stage {stage} of run {spec.run_id} already ran"}
         model = self.shards.get(spec.job_id)
         try:
             if model is None:
@@ -92,7 +98,8 @@ class ShardHost:
                 )
             StageRunner(spec, stage, self.r, self.settings, model=model).run()
         except RunAborted as e:
-            if self.store.get(spec.job_id)["status"] == "stopped":
+            job = self.store.get(spec.job_id)
+            if job.get("run_id") != spec.run_id or job["status"] == "stopped":
                 return {"stage": stage, "stopped": True}
             self._fail(spec, str(e))
             raise
@@ -104,9 +111,12 @@ class ShardHost:
         return {"stage": stage, "finished": True}
 
     def _fail(self, spec: RunSpec, reason: str) -> None:
+        Abort(self.r, spec.prefix).set(reason)  # the other stages stop now, not at a timeout
         try:
-            self.store.transition(spec.job_id, "failed", allowed_from=("training",), error=reason)
-        except ArceusError:  # already failed (first reason wins) or stopped
+            self.store.transition(
+                spec.job_id, "failed", allowed_from=("training",), expect={"run_id": spec.run_id}, error=reason
+            )
+        except ArceusError:  # already failed (first reason wins), stopped, or a newer run
             pass
 
     def _complete(self, spec: RunSpec) -> None:
@@ -127,6 +137,8 @@ class ShardHost:
         self.store.add_teraflops(rows)
         final = epochs[-1] if epochs else {}
         try:
-            self.store.transition(spec.job_id, "completed", allowed_from=("training",), final=final)
+            self.store.transition(
+                spec.job_id, "completed", allowed_from=("training",), expect={"run_id": spec.run_id}, final=final
+            )
         except ArceusError as e:
             log.warning("job %s finished but could not be marked completed: %s", spec.job_id, e)

@@ -24,11 +24,14 @@ __all__ = ["TRANSITIONS", "Conflict", "JobStore", "NotFound", "queue_for"]
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "created": ("initializing",),
     "initializing": ("ready", "failed"),
-    "ready": ("initializing", "training"),
+    # Back to created when the devices change: the plan no longer fits them.
+    "ready": ("initializing", "training", "created"),
     "training": ("completed", "failed", "stopped"),
-    "completed": ("initializing", "training"),
-    "failed": ("initializing",),
-    "stopped": ("initializing", "training"),
+    # Training again continues from the weights the workers hold (all stages took the same
+    # steps). A stopped or failed run leaves stages at different steps: initialize again.
+    "completed": ("initializing", "training", "created"),
+    "failed": ("initializing", "created"),
+    "stopped": ("initializing", "created"),
 }
 ACTIVE = ("initializing", "training")
 
@@ -109,8 +112,16 @@ class JobStore:
         self.r.delete(self._key(job_id), *keys)
         self.r.zrem(f"{self.PREFIX}:jobs", job_id)
 
-    def transition(self, job_id: str, to: str, allowed_from: Iterable[str] | None = None, **fields: object) -> dict:
-        """Compare-and-set the status; raises Conflict naming the current status when not allowed."""
+    def transition(
+        self,
+        job_id: str,
+        to: str,
+        allowed_from: Iterable[str] | None = None,
+        expect: dict[str, str] | None = None,
+        **fields: object,
+    ) -> dict:
+        """Compare-and-set the status (and the ``expect`` fields, e.g. the run id); raises
+        Conflict naming the current status when not allowed. Returns the old status and run id."""
         key = self._key(job_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -123,12 +134,17 @@ class JobStore:
                     sources = tuple(allowed_from) if allowed_from is not None else _sources(to)
                     if current not in sources:
                         raise Conflict(_conflict_message(job_id, current, to))
+                    run_id = (pipe.hget(key, "run_id") or b"").decode()
+                    for name, value in (expect or {}).items():
+                        actual = (pipe.hget(key, name) or b"").decode()
+                        if actual != value:
+                            raise Conflict(f"job {job_id} has moved on: {name} is {actual!r}, not {value!r}")
                     mapping = {"status": to, "updated_at": _now()}
                     mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()})
                     pipe.multi()
                     pipe.hset(key, mapping=mapping)
                     pipe.execute()
-                    return {"from": current, "to": to}
+                    return {"from": current, "to": to, "run_id": run_id}
                 except redis.WatchError:
                     continue
 
@@ -147,6 +163,7 @@ class JobStore:
         name = info.get("name")
         if name and any(d.get("name") == name for d in job["devices"]):
             raise Conflict(f"a device named {name!r} is already registered for job {job_id}")
+        self._forget_plan(job)
         device_id = int(self.r.incr(f"{self.PREFIX}:device:seq"))
         record = {"device_id": device_id, "job_id": job_id, "queue": queue_for(device_id),
                   "registered_at": _now(), **info}  # fmt: skip
@@ -187,11 +204,21 @@ class JobStore:
             status = None
         if status in ACTIVE:
             raise Conflict(f"device {device_id} belongs to job {job_id}, which is {status}: stop the job first")
+        if status is not None:
+            self._forget_plan(self.get(job_id))
         pipe = self.r.pipeline()
         pipe.delete(self._device_key(device_id))
         pipe.srem(f"{self.PREFIX}:devices", device_id)
         pipe.srem(f"{self._key(job_id)}:devices", device_id)
         pipe.execute()
+
+    def _forget_plan(self, job: dict) -> None:
+        """A plan made for other devices is void: the job must be initialized again."""
+        if job.get("plan") and job["status"] != "created":
+            try:
+                self.transition(job["job_id"], "created", allowed_from=(job["status"],), plan="")
+            except Conflict:  # moved on meanwhile; the caller's own check decides
+                pass
 
     # ---------------------------------------------------------- teraflops
     def add_teraflops(self, rows: list[dict]) -> None:
@@ -211,6 +238,11 @@ def _conflict_message(job_id: str, current: str, to: str) -> str:
         return f"job {job_id} is already {current}"
     if to == "training" and current in ("created", "failed"):
         advice = f"initialize it first (POST /api/network/initialize/{job_id})"
+    elif to == "training" and current == "stopped":
+        advice = (
+            "a stopped run leaves its stages at different steps: "
+            f"initialize it again (POST /api/network/initialize/{job_id})"
+        )
     elif to == "training" and current == "initializing":
         advice = "wait until initialization has finished (status ready)"
     elif to == "stopped":

@@ -88,12 +88,15 @@ class StageRunner:
         self.first, self.last = stage == 0, stage == spec.num_stages - 1
         self.who = f"stage {stage} (layers [{shard.start_layer}, {shard.end_layer}))"
         check_message_sizes(spec, settings)
-        self.device = pick_device(spec.device_for(stage))
-        # A worker passes the shard it holds in memory; otherwise build it from the seed.
+        # A worker passes the shard it holds in memory, on the device it chose; otherwise
+        # build the shard from the seed on the run's device.
         if model is None:
+            self.device = pick_device(spec.device_for(stage))
             model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
         elif (model.start, model.end) != (shard.start_layer, shard.end_layer):
             raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")
+        else:
+            self.device = next(model.parameters()).device
         self.model = model.to(self.device)
         self.opt = make_optimizer(self.model.parameters(), spec.train)
         self.codec = WIRE_CODECS[spec.train.wire]

@@ -107,6 +107,13 @@ def test_stop_ends_training_within_seconds(cluster, r):
     assert cluster.call("GET", f"/api/jobs/{job_id}")[1]["status"] == "stopped"
     status, body = cluster.call("POST", f"/api/network/stop/{job_id}")
     assert status == 409
+    # A stopped run leaves stages at different steps: training again needs a fresh initialize.
+    status, body = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})
+    assert status == 409 and "initialize it again" in body["message"]
+    _initialize(cluster, job_id)
+    cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 1, "learning_rate": 0.1})
+    job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 120, "the second run to end")
+    assert job["status"] == "completed", job["error"]
 
 
 def test_a_killed_worker_fails_the_job_with_a_reason(cluster):
@@ -167,6 +174,8 @@ def test_errors_are_json_with_the_right_status(cluster):
     assert c.call("POST", "/api/devices/register", {"job_id": job_id, "name": "b"})[0] == 201
     status, resp = c.call("POST", f"/api/network/initialize/{job_id}")
     assert status == 409 and "L=1 layers over D=2 devices" in resp["message"]
+    job = c.call("GET", f"/api/jobs/{job_id}")[1]
+    assert job["status"] == "created" and job["plan"] is None  # a refused initialize changes nothing
     status, resp = c.call("POST", f"/api/network/train/{job_id}", {"epochs": 0})
     assert status == 400 and resp["message"].startswith("epochs:")
     status, resp = c.call("POST", f"/api/network/train/{job_id}", {"epochs": 1, "wire": "int4"})
@@ -222,6 +231,18 @@ def test_flower_lists_the_workers(cluster):
     assert [n.split("@")[0] for n in names] == [f"device-{d}" for d in devices]
 
 
+def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
+    job_id, devices = _job_with_workers(cluster, 2)
+    _initialize(cluster, job_id)
+    assert cluster.call("DELETE", f"/api/devices/{devices[1]}")[0] == 200
+    job = cluster.call("GET", f"/api/jobs/{job_id}")[1]
+    assert job["status"] == "created" and job["plan"] is None
+    status, body = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})
+    assert status == 409 and "initialize it first" in body["message"]
+    init = _initialize(cluster, job_id)  # one device now holds all three layers
+    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 3)]
+
+
 def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
     import signal
     import subprocess
@@ -231,6 +252,7 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
 
     _, body = cluster.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]}})
     job_id = body["job_id"]
+    device = None
     proc = subprocess.Popen(
         [sys.executable, "-m", "arceus.cli", "worker", "--api-url", cluster.base, "--job-id", job_id,
          "--name", "laptop"],
@@ -239,13 +261,15 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
     try:
         job = cluster.wait_for(job_id, lambda j: j["devices"], 60, "the worker to register")
         device = job["devices"][0]
-        assert device["name"] == "laptop" and device["torch_device"] == "cpu" and device["memory_gb"] > 0
+        assert device["name"] == "laptop" and device["memory_gb"] > 0
+        assert device["torch_device"].split(":")[0] in ("cpu", "cuda", "mps")
         assert device["host"] and device["torch"]
         status, init = cluster.call("POST", f"/api/network/initialize/{job_id}")  # served by that worker
         assert status == 200 and init["devices"][0]["device_id"] == device["device_id"]
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
+    assert device is not None, output
     assert f"registered as device {device['device_id']}" in output
     assert f"unregistered device {device['device_id']}" in output
     assert cluster.call("GET", f"/api/devices/{device['device_id']}")[0] == 404

@@ -23,10 +23,13 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        # A task is acknowledged when it finished; a lost worker's task is redelivered
-        # (and then skipped if its run is over: see arceus.host.ShardHost.run).
+        # A task is acknowledged when it finished; a lost worker's task is redelivered when a
+        # worker serves its queue again (and skipped when its run is over: arceus.host).
         task_acks_late=True,
         worker_prefetch_multiplier=1,
+        # Redis redelivers an unacknowledged task after this long: longer than any run, so a
+        # long stage is not started twice (a duplicate would also be skipped, see host.py).
+        broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
         # One task at a time, in a thread of the worker process itself: the shard a
         # load_shard task builds stays in this process's memory for the run_stage task,
         # and the worker keeps answering heartbeats and Flower while a stage trains.
