@@ -56,28 +56,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- up
 def cmd_up(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    with LocalCluster(settings, host=args.host, port=args.port) as cluster:
-        here = lan_address() if args.host != "127.0.0.1" else "127.0.0.1"
-        print(f"API        http://{here}:{cluster.port}/api   (docs: /api/docs, OpenAPI: /api/openapi.json)")
-        print(f"Redis      {cluster.worker_redis_url()}")
-        if args.flower:
-            print(f"Flower     {cluster.start_flower(args.flower_port)}")
-        print("\nOn each machine that should hold layers (this one included):")
-        print(f"  ARCEUS_REDIS_URL={cluster.worker_redis_url()} arceus worker --api-url http://{here}:{cluster.port} "
-              f"--job-id <JOB_ID>")  # fmt: skip
-        print("or, for a device registered by hand (POST /api/devices/register -> device_id N):")
-        print(f"  ARCEUS_REDIS_URL={cluster.worker_redis_url()} celery -A workers worker -Q device-N")
-        print("\nCtrl-C stops everything started here.")
-        _wait_forever()
-    return 0
-
-
-def _wait_forever() -> None:
-    try:
-        while True:
-            time.sleep(3600)
+    try:  # Ctrl-C at any moment, during start-up too, stops everything started here
+        with LocalCluster(settings, host=args.host, port=args.port) as cluster:
+            here = lan_address() if args.host != "127.0.0.1" else "127.0.0.1"
+            print(f"API        http://{here}:{cluster.port}/api   (docs: /api/docs, OpenAPI: /api/openapi.json)")
+            print(f"Redis      {cluster.worker_redis_url()}")
+            if args.flower:
+                print(f"Flower     {cluster.start_flower(args.flower_port)}")
+            print("\nOn each machine that should hold layers (this one included):")
+            print(f"  ARCEUS_REDIS_URL={cluster.worker_redis_url()} arceus worker "
+                  f"--api-url http://{here}:{cluster.port} --job-id <JOB_ID>")  # fmt: skip
+            print("or, for a device registered by hand (POST /api/devices/register -> device_id N):")
+            print(f"  ARCEUS_REDIS_URL={cluster.worker_redis_url()} celery -A workers worker -Q device-N")
+            print("\nCtrl-C stops everything started here.", flush=True)
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
-        print("\nstopping")
+        print("\nstopped")
+    return 0
 
 
 # ---------------------------------------------------------------- worker

@@ -9,6 +9,7 @@ The last stage computes the loss and accuracy and writes the epoch metrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import resource
@@ -29,6 +30,7 @@ from .errors import ConfigError, PayloadError, ProtocolError, RunAborted, StageT
 from .events import EventLog
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .model import Shard, layer_specs
+from .overlap import AsyncSender, Prefetcher
 from .runspec import RunSpec
 from .schedule import SCHEDULES
 from .settings import Settings
@@ -40,6 +42,7 @@ __all__ = ["StageRunner", "read_weights", "run_stage"]
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
+OVERLAP_DEPTH = 2  # messages each send/receive thread may hold besides the stream's window
 
 
 @dataclass
@@ -116,8 +119,13 @@ class StageRunner:
         p, t, w = spec.prefix, settings.recv_timeout_s, settings.stream_window
         self.fwd_in = None if self.first else Receiver(r, stream_key(p, "fwd", stage), t, self.abort, self.who)
         self.bwd_in = None if self.last else Receiver(r, stream_key(p, "bwd", stage), t, self.abort, self.who)
-        self.fwd_out = None if self.last else Sender(r, stream_key(p, "fwd", stage + 1), w, t, self.abort, self.who)
-        self.bwd_out = None if self.first else Sender(r, stream_key(p, "bwd", stage - 1), w, t, self.abort, self.who)
+        # Sends leave from a thread and receives are read ahead in threads (arceus.overlap), so
+        # the stage computes while its neighbours' messages travel.
+        tx_fwd = None if self.last else Sender(r, stream_key(p, "fwd", stage + 1), w, t, self.abort, self.who)
+        tx_bwd = None if self.first else Sender(r, stream_key(p, "bwd", stage - 1), w, t, self.abort, self.who)
+        self.fwd_out = tx_fwd and AsyncSender(tx_fwd, OVERLAP_DEPTH)
+        self.bwd_out = tx_bwd and AsyncSender(tx_bwd, OVERLAP_DEPTH)
+        self._inbox: dict[str, Prefetcher[Msg]] = {}
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -129,8 +137,12 @@ class StageRunner:
             self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
             self._wait_for_all_stages()
             self.abort.watch([s for s in range(self.spec.num_stages) if s != self.stage])
+            self._start_inbox()
             self.timers = Timers()
             self._loop()
+            for tx in (self.fwd_out, self.bwd_out):
+                if tx is not None:
+                    tx.flush()
             self._publish_weights()
             stop_beating.set()
             beater.join()
@@ -144,9 +156,26 @@ class StageRunner:
             raise
         finally:
             stop_beating.set()
+            for tx in (self.fwd_out, self.bwd_out):
+                if tx is not None:
+                    tx.close()
+            for inbox in self._inbox.values():
+                inbox.close()
             for rx in (self.fwd_in, self.bwd_in):
                 if rx is not None:
                     rx.close()
+
+    def _start_inbox(self) -> None:
+        if self.fwd_in is not None:
+            self._inbox["fwd"] = Prefetcher(
+                self.fwd_in, functools.partial(self._decode_entry, self.fwd_in, FORWARD_KINDS), OVERLAP_DEPTH,
+                "forward activations", last=lambda m: m.header["kind"] == "end",
+            )  # fmt: skip
+        if self.bwd_in is not None:
+            self._inbox["bwd"] = Prefetcher(
+                self.bwd_in, functools.partial(self._decode_entry, self.bwd_in, BACKWARD_KINDS), OVERLAP_DEPTH,
+                "gradients",
+            )  # fmt: skip
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -236,16 +265,21 @@ class StageRunner:
 
     def _stream_source(self) -> Iterator[Msg]:
         while True:
-            msg = self._receive(self.fwd_in, FORWARD_KINDS, "forward activations")
+            msg = self._receive("fwd")
             if msg.header["kind"] in ("train", "eval"):
                 self._check_input(msg, self.model.in_features, msg.header.get("bs"))
             yield msg
 
-    def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
+    def _receive(self, inbox: str) -> Msg:
         t0 = time.perf_counter()
-        entry_id, fields = rx.recv(what)
+        msg = self._inbox[inbox].get()
+        self.timers.wait_s += time.perf_counter() - t0
+        self.timers.messages += 1
+        return msg
+
+    def _decode_entry(self, rx: Receiver, kinds: tuple[str, ...], entry_id: bytes, fields: dict) -> Msg:
+        """Runs in the inbox's thread, while the stage computes."""
         t1 = time.perf_counter()
-        self.timers.wait_s += t1 - t0
         where = f"{self.who}: entry {entry_id.decode()} of {rx.key}"
         msg = Msg(parse_header(fields.get(b"h"), kinds, where), y_wire=fields.get(b"y"))
         if b"x" in fields:
@@ -254,7 +288,6 @@ class StageRunner:
             except PayloadError as e:
                 raise PayloadError(f"{where}: {e}") from e
         self.timers.codec_s += time.perf_counter() - t1
-        self.timers.messages += 1
         return msg
 
     def _check_input(self, msg: Msg, width: int, max_rows: int | None) -> None:
@@ -265,7 +298,7 @@ class StageRunner:
         if max_rows is not None and x.shape[0] > max_rows:
             raise ProtocolError(f"{self.who}: micro-batch of {x.shape[0]} rows in a batch of {max_rows}")
 
-    def _send(self, tx: Sender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
+    def _send(self, tx: AsyncSender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
         t0 = time.perf_counter()
         fields = {"h": encode_header(header)}
         if x is not None:
@@ -342,7 +375,7 @@ class StageRunner:
             elif action.op == "B":
                 grad = None
                 if not self.last:
-                    g = self._receive(self.bwd_in, BACKWARD_KINDS, f"gradients of step {step} micro-batch {action.mb}")
+                    g = self._receive("bwd")
                     if g.header["step"] != step or g.header["mb"] != action.mb:
                         raise ProtocolError(
                             f"{self.who}: expected gradients of step {step} micro-batch {action.mb}, got {g.header}"

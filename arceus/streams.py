@@ -13,15 +13,20 @@ second, and fails with ``StageTimeout`` naming the stage and what it waited for.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import redis
 
 from .errors import RunAborted, StageTimeout
 
-__all__ = ["Abort", "Receiver", "Sender", "stream_key"]
+__all__ = ["Abort", "Receiver", "Sender", "Stopped", "stream_key"]
 
 _POLL_S = 1.0  # longest single blocking call; bounds how late an abort is noticed
+
+
+class Stopped(Exception):
+    """A wait ended because its owner asked (not an error of the run)."""
 
 
 def stream_key(prefix: str, direction: str, stage: int) -> str:
@@ -114,10 +119,13 @@ class Receiver:
         self._last = b"0-0"
         self._unacked: bytes | None = None
 
-    def recv(self, what: str) -> tuple[bytes, dict[bytes, bytes]]:
-        """Next entry ``(id, fields)``; acknowledges the previous one in the same round trip."""
+    def recv(self, what: str, stop: threading.Event | None = None) -> tuple[bytes, dict[bytes, bytes]]:
+        """Next entry ``(id, fields)``; acknowledges the previous one in the same round trip.
+        ``stop`` (checked between blocking calls) ends the wait with ``Stopped``."""
         deadline = time.monotonic() + self.timeout_s
         while True:
+            if stop is not None and stop.is_set():
+                raise Stopped(f"{self.who}: stopped waiting for {what}")
             left = deadline - time.monotonic()
             pipe = self.r.pipeline(transaction=False)
             self._queue_ack(pipe)

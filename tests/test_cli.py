@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -35,24 +36,28 @@ def test_up_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
         [sys.executable, "-m", "arceus.cli", "up", "--port", str(port)],
         env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs", timeout=2) as resp:
-                    assert resp.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "arceus up did not serve the API"
-                time.sleep(0.2)
+        while not any("Ctrl-C stops everything" in line for line in lines):  # up has printed everything
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs", timeout=5) as resp:
+            assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert proc.returncode == 0, output
     assert "celery -A workers worker -Q device-N" in output and "arceus worker --api-url" in output
     redis_port = re.search(r"Redis +redis://127\.0\.0\.1:(\d+)/0", output).group(1)
     leftovers = subprocess.run(["pgrep", "-f", f"redis-server 127.0.0.1:{redis_port}"], capture_output=True)
     assert leftovers.returncode == 1  # no redis-server left behind
+    api = subprocess.run(["pgrep", "-f", f"api.server --host 127.0.0.1 --port {port}"], capture_output=True)
+    assert api.returncode == 1  # nor the API process
 
 
 def test_train_with_a_bad_job_file_says_what_is_wrong(tmp_path):
