@@ -1,0 +1,92 @@
+"""PyTorch's own pipelining (torch.distributed.pipelining, gloo, one process per stage) on
+the same layers, batch, micro-batches and learning rate: the peer Arceus is measured against.
+
+Written fresh for this benchmark; each rank builds its layers with arceus.model.Shard (the
+same init), gets the same partition, and trains ``steps`` mini-batches after ``warmup``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from arceus.config import ModelConfig
+from arceus.model import Shard, layer_specs
+from arceus.partition import partition
+
+__all__ = ["torch_pipeline_samples_per_s"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, cfg: dict, out: mp.Queue) -> None:
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe  # noqa: PLC0415
+
+    torch.set_num_threads(cfg["threads"])
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        specs = layer_specs(ModelConfig(tuple(cfg["sizes"])))
+        start, end = partition(len(specs), world)[rank]
+        shard = Shard(specs, start, end, seed=0)
+        stage = PipelineStage(shard, rank, world, torch.device("cpu"))
+        cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg["schedule"]]
+        schedule = cls(stage, n_microbatches=cfg["micro_batches"], loss_fn=F.cross_entropy)
+        opt = torch.optim.SGD(shard.parameters(), lr=cfg["lr"])
+        g = torch.Generator().manual_seed(0)
+        batch, features = cfg["batch"], cfg["sizes"][0]
+        x = torch.randn(batch, features, generator=g)
+        y = torch.randint(0, cfg["sizes"][-1], (batch,), generator=g)
+
+        def train_step() -> None:
+            opt.zero_grad()
+            if rank == 0:
+                schedule.step(x)
+            elif rank == world - 1:
+                schedule.step(target=y)
+            else:
+                schedule.step()
+            opt.step()
+
+        for _ in range(cfg["warmup"]):
+            train_step()
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(cfg["steps"]):
+            train_step()
+        dist.barrier()
+        if rank == 0:
+            out.put(batch * cfg["steps"] / (time.perf_counter() - t0))
+    finally:
+        dist.destroy_process_group()
+
+
+def torch_pipeline_samples_per_s(
+    sizes: list[int], stages: int, micro_batches: int, schedule: str, batch: int = 256, lr: float = 0.1,
+    steps: int = 30, warmup: int = 5, threads: int | None = None,
+) -> float:  # fmt: skip
+    cfg = {"sizes": sizes, "micro_batches": micro_batches, "schedule": schedule, "batch": batch, "lr": lr,
+           "steps": steps, "warmup": warmup, "threads": threads or max(1, (os.cpu_count() or 1) // stages)}  # fmt: skip
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, stages, port, cfg, out), daemon=True) for r in range(stages)]
+    for p in procs:
+        p.start()
+    try:
+        return out.get(timeout=600)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
