@@ -7,9 +7,11 @@ same init), gets the same partition, and trains ``steps`` mini-batches after ``w
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import socket
+import sys
 import time
 
 import torch
@@ -29,11 +31,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, cfg: dict, out: mp.Queue) -> None:
+def _rank(rank: int, world: int, port: int, cfg: dict, out: mp.Queue | None, addr: str = "127.0.0.1") -> None:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe  # noqa: PLC0415
 
     torch.set_num_threads(cfg["threads"])
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         specs = layer_specs(ModelConfig(tuple(cfg["sizes"])))
@@ -66,7 +68,11 @@ def _rank(rank: int, world: int, port: int, cfg: dict, out: mp.Queue) -> None:
             train_step()
         dist.barrier()
         if rank == 0:
-            out.put(batch * cfg["steps"] / (time.perf_counter() - t0))
+            rate = batch * cfg["steps"] / (time.perf_counter() - t0)
+            if out is None:
+                print(json.dumps({"samples_per_s": rate}), flush=True)
+            else:
+                out.put(rate)
     finally:
         dist.destroy_process_group()
 
@@ -90,3 +96,9 @@ def torch_pipeline_samples_per_s(
             p.join(timeout=60)
             if p.is_alive():
                 p.terminate()
+
+
+if __name__ == "__main__":
+    # One rank as its own process (bench/lan.py starts ranks inside network namespaces):
+    # python -m bench.torch_peer RANK WORLD MASTER_ADDR PORT CONFIG_JSON
+    _rank(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4]), json.loads(sys.argv[5]), None, addr=sys.argv[3])
