@@ -18,18 +18,13 @@ import time
 from pathlib import Path
 
 from .client import ApiClient, ApiError
-from .redis_server import EmbeddedRedis, _die_with_parent
+from .procs import free_port, parent_death_hook, stop_processes
+from .redis_server import EmbeddedRedis
 from .settings import Settings
 
 __all__ = ["LocalCluster", "lan_address"]
 
 log = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def lan_address() -> str:
@@ -83,14 +78,14 @@ class LocalCluster:
         proc = subprocess.Popen(
             args, env={**os.environ, "ARCEUS_REDIS_URL": self.redis_url, **(env or {})},
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=parent_death_hook(),
         )  # fmt: skip
         self.procs.append(proc)
         return proc
 
     def _start_api(self) -> None:
         if self.port == 0:
-            self.port = _free_port()
+            self.port = free_port()
         self._spawn("api", [sys.executable, "-m", "api.server", "--host", self.host, "--port", str(self.port)])
         client, deadline = self.client(), time.monotonic() + 60
         while True:
@@ -135,15 +130,7 @@ class LocalCluster:
         return ApiClient(self.api_url)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs)
         self.procs.clear()
         if self.redis is not None:
             self.redis.stop()

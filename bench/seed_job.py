@@ -34,7 +34,8 @@ def _stage(row: dict) -> int:
     return row["stage"]
 
 
-def _median_rate(epochs: list[dict]) -> float:
+def median_rate(epochs: list[dict]) -> float:
+    """Median samples/s over epochs 2..N (epoch 1 includes start-up)."""
     rates = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
     return statistics.median(rates)
 
@@ -69,7 +70,7 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 train = TrainConfig(epochs=args.epochs, learning_rate=0.1)
                 _, hist = train_reference(job.model, data, train, job.dataset.batch_size, job.dataset.val_batch_size)
-                rows.append({"run": f"reference {threads} thread", "rep": rep, "samples_per_s": _median_rate(hist),
+                rows.append({"run": f"reference {threads} thread", "rep": rep, "samples_per_s": median_rate(hist),
                              "val_accuracy": hist[-1]["val_accuracy"]})  # fmt: skip
             for wire in args.wire:
                 for m in args.micro_batches:
@@ -81,7 +82,7 @@ def main() -> None:
                     rows.append(
                         {
                             "run": f"arceus {args.stages} stages {wire} M={m}", "rep": rep,
-                            "samples_per_s": _median_rate(res.epochs),
+                            "samples_per_s": median_rate(res.epochs),
                             "val_accuracy": res.epochs[-1]["val_accuracy"],
                             "wire_bytes_per_sample": sum(s["bytes_wire"] for s in stages) / n,
                             "fp32_bytes_per_sample": sum(s["bytes_raw"] for s in stages) / n,

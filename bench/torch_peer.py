@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import socket
 import sys
 import time
 
@@ -21,14 +20,9 @@ import torch.nn.functional as F
 from arceus.config import ModelConfig
 from arceus.model import Shard, layer_specs
 from arceus.partition import partition
+from arceus.procs import free_port
 
 __all__ = ["torch_pipeline_samples_per_s"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, world: int, port: int, cfg: dict, out: mp.Queue | None, addr: str = "127.0.0.1") -> None:
@@ -85,7 +79,7 @@ def torch_pipeline_samples_per_s(
            "steps": steps, "warmup": warmup, "threads": threads or max(1, (os.cpu_count() or 1) // stages)}  # fmt: skip
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, stages, port, cfg, out), daemon=True) for r in range(stages)]
     for p in procs:
         p.start()

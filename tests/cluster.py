@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from arceus.procs import free_port, stop_processes
+
+__all__ = ["Cluster", "free_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -62,14 +59,7 @@ class Cluster:
         proc.wait(timeout=30)
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values())
         self.procs.clear()
 
     def wait_http(self, path: str, timeout: float = 30, base: str | None = None) -> None:
