@@ -9,7 +9,6 @@ The last stage computes the loss and accuracy and writes the epoch metrics.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import resource
@@ -30,7 +29,6 @@ from .errors import ConfigError, PayloadError, ProtocolError, RunAborted, StageT
 from .events import EventLog
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .model import Shard, layer_specs
-from .overlap import AsyncSender, Prefetcher
 from .runspec import RunSpec
 from .schedule import SCHEDULES
 from .settings import Settings
@@ -42,7 +40,6 @@ __all__ = ["StageRunner", "read_weights", "run_stage"]
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
-OVERLAP_DEPTH = 2  # messages each send/receive thread may hold besides the stream's window
 
 
 @dataclass
@@ -57,6 +54,7 @@ class Timers:
     # Most micro-batches whose activations this stage held at once (the schedule's bound).
     max_in_flight: int = 0
     started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
 
     def snapshot(self) -> dict:
         wall = time.perf_counter() - self.started
@@ -67,6 +65,7 @@ class Timers:
             "wait_s": self.wait_s,
             "send_s": self.send_s,
             "wall_s": wall,
+            "cpu_s": time.process_time() - self.cpu_started,
             "utilization": busy / wall if wall > 0 else 0.0,
             "bytes_raw": self.bytes_raw,
             "bytes_wire": self.bytes_wire,
@@ -119,13 +118,10 @@ class StageRunner:
         p, t, w = spec.prefix, settings.recv_timeout_s, settings.stream_window
         self.fwd_in = None if self.first else Receiver(r, stream_key(p, "fwd", stage), t, self.abort, self.who)
         self.bwd_in = None if self.last else Receiver(r, stream_key(p, "bwd", stage), t, self.abort, self.who)
-        # Sends leave from a thread and receives are read ahead in threads (arceus.overlap), so
-        # the stage computes while its neighbours' messages travel.
-        tx_fwd = None if self.last else Sender(r, stream_key(p, "fwd", stage + 1), w, t, self.abort, self.who)
-        tx_bwd = None if self.first else Sender(r, stream_key(p, "bwd", stage - 1), w, t, self.abort, self.who)
-        self.fwd_out = tx_fwd and AsyncSender(tx_fwd, OVERLAP_DEPTH)
-        self.bwd_out = tx_bwd and AsyncSender(tx_bwd, OVERLAP_DEPTH)
-        self._inbox: dict[str, Prefetcher[Msg]] = {}
+        # Sends do not wait for Redis and receives are read ahead (arceus.streams), so the
+        # stage computes while its neighbours' messages travel.
+        self.fwd_out = None if self.last else Sender(r, stream_key(p, "fwd", stage + 1), w, t, self.abort, self.who)
+        self.bwd_out = None if self.first else Sender(r, stream_key(p, "bwd", stage - 1), w, t, self.abort, self.who)
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -137,7 +133,6 @@ class StageRunner:
             self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
             self._wait_for_all_stages()
             self.abort.watch([s for s in range(self.spec.num_stages) if s != self.stage])
-            self._start_inbox()
             self.timers = Timers()
             self._loop()
             for tx in (self.fwd_out, self.bwd_out):
@@ -156,26 +151,12 @@ class StageRunner:
             raise
         finally:
             stop_beating.set()
-            for tx in (self.fwd_out, self.bwd_out):
-                if tx is not None:
-                    tx.close()
-            for inbox in self._inbox.values():
-                inbox.close()
-            for rx in (self.fwd_in, self.bwd_in):
-                if rx is not None:
-                    rx.close()
-
-    def _start_inbox(self) -> None:
-        if self.fwd_in is not None:
-            self._inbox["fwd"] = Prefetcher(
-                self.fwd_in, functools.partial(self._decode_entry, self.fwd_in, FORWARD_KINDS), OVERLAP_DEPTH,
-                "forward activations", last=lambda m: m.header["kind"] == "end",
-            )  # fmt: skip
-        if self.bwd_in is not None:
-            self._inbox["bwd"] = Prefetcher(
-                self.bwd_in, functools.partial(self._decode_entry, self.bwd_in, BACKWARD_KINDS), OVERLAP_DEPTH,
-                "gradients",
-            )  # fmt: skip
+            for link in (self.fwd_out, self.bwd_out, self.fwd_in, self.bwd_in):
+                if link is not None:
+                    try:
+                        link.close()
+                    except redis.RedisError as e:  # the run's outcome is already decided
+                        log.warning("%s: closing %s: %s", self.who, link.key, e)
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -265,21 +246,17 @@ class StageRunner:
 
     def _stream_source(self) -> Iterator[Msg]:
         while True:
-            msg = self._receive("fwd")
+            msg = self._receive(self.fwd_in, FORWARD_KINDS, "forward activations")
             if msg.header["kind"] in ("train", "eval"):
                 self._check_input(msg, self.model.in_features, msg.header.get("bs"))
             yield msg
 
-    def _receive(self, inbox: str) -> Msg:
+    def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
         t0 = time.perf_counter()
-        msg = self._inbox[inbox].get()
-        self.timers.wait_s += time.perf_counter() - t0
-        self.timers.messages += 1
-        return msg
-
-    def _decode_entry(self, rx: Receiver, kinds: tuple[str, ...], entry_id: bytes, fields: dict) -> Msg:
-        """Runs in the inbox's thread, while the stage computes."""
+        entry_id, fields = rx.recv(what)
         t1 = time.perf_counter()
+        self.timers.wait_s += t1 - t0
+        self.timers.messages += 1
         where = f"{self.who}: entry {entry_id.decode()} of {rx.key}"
         msg = Msg(parse_header(fields.get(b"h"), kinds, where), y_wire=fields.get(b"y"))
         if b"x" in fields:
@@ -298,7 +275,7 @@ class StageRunner:
         if max_rows is not None and x.shape[0] > max_rows:
             raise ProtocolError(f"{self.who}: micro-batch of {x.shape[0]} rows in a batch of {max_rows}")
 
-    def _send(self, tx: AsyncSender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
+    def _send(self, tx: Sender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
         t0 = time.perf_counter()
         fields = {"h": encode_header(header)}
         if x is not None:
@@ -375,7 +352,7 @@ class StageRunner:
             elif action.op == "B":
                 grad = None
                 if not self.last:
-                    g = self._receive("bwd")
+                    g = self._receive(self.bwd_in, BACKWARD_KINDS, "gradients")
                     if g.header["step"] != step or g.header["mb"] != action.mb:
                         raise ProtocolError(
                             f"{self.who}: expected gradients of step {step} micro-batch {action.mb}, got {g.header}"

@@ -2,22 +2,63 @@ import threading
 import time
 
 import pytest
+import redis
 
 from arceus.errors import RunAborted, StageTimeout
 from arceus.streams import Abort, Receiver, Sender
 
 
-def test_messages_arrive_in_order_and_are_deleted_once_consumed(r):
+def _eventually(check, timeout_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_messages_arrive_in_order_and_are_deleted_once_taken(r):
     abort = Abort(r, "t")
     tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=abort, who="stage 0")
     rx = Receiver(r, "t:fwd:1", timeout_s=5, abort=abort, who="stage 1")
     for i in range(3):
         tx.send({"i": str(i).encode()}, "test")
-    got = [rx.recv("test")[1][b"i"] for _ in range(3)]
-    assert got == [b"0", b"1", b"2"]
-    assert r.xlen("t:fwd:1") == 1  # the last one is acknowledged with the next read
+    tx.flush()  # every XADD answered
+    assert r.xlen("t:fwd:1") == 3
+    got = [rx.recv("test")[1][b"i"] for _ in range(2)]
+    assert got == [b"0", b"1"]
+    # Each entry handed out is deleted (and its credit returned) with the read of the next.
+    assert _eventually(lambda: r.xlen("t:fwd:1") == 1 and r.llen("t:fwd:1:credit") == 2)
+    assert rx.recv("test")[1][b"i"] == b"2"
+    assert _eventually(lambda: r.xlen("t:fwd:1") == 0)
+    tx.close()
     rx.close()
     assert not r.exists("t:fwd:1") and not r.exists("t:fwd:1:credit")
+
+
+def test_a_send_does_not_wait_for_redis_but_its_error_is_raised(r):
+    """XADD replies are read later; an error Redis answered is not lost."""
+    r.set("t:fwd:1", "not a stream")
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=Abort(r, "t"), who="stage 0")
+    tx.send({"a": b"1"}, "activations")  # returns before Redis answers
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        tx.flush()
+    tx.close()
+
+
+def test_a_read_ahead_that_times_out_is_asked_again(r):
+    """The read of the next entry is in flight while the caller works; if it outlasts a
+    poll (1 s) empty, the next ``recv`` asks again and still gets the entry."""
+    abort = Abort(r, "t")
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=abort, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, abort=abort, who="stage 1")
+    tx.send({"i": b"0"}, "test")
+    assert rx.recv("test")[1][b"i"] == b"0"
+    time.sleep(1.3)  # the read-ahead's block (1 s) expires empty
+    tx.send({"i": b"1"}, "test")
+    assert rx.recv("test")[1][b"i"] == b"1"
+    tx.close()
+    rx.close()
 
 
 def test_window_bounds_the_stream_and_blocks_the_sender(r):
