@@ -30,6 +30,7 @@ from .events import EventLog
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .model import Shard, layer_specs
 from .runspec import RunSpec
+from .saved import SavedTensorMeter
 from .schedule import SCHEDULES
 from .settings import Settings
 from .streams import HEARTBEAT_S, Abort, Receiver, Sender, stream_key
@@ -53,6 +54,8 @@ class Timers:
     messages: int = 0
     # Most micro-batches whose activations this stage held at once (the schedule's bound).
     max_in_flight: int = 0
+    # Most bytes autograd kept for backward at once (arceus.saved): what the schedule bounds.
+    saved_peak_bytes: int = 0
     started: float = field(default_factory=time.perf_counter)
     cpu_started: float = field(default_factory=time.process_time)
 
@@ -71,6 +74,7 @@ class Timers:
             "bytes_wire": self.bytes_wire,
             "messages": self.messages,
             "max_in_flight": self.max_in_flight,
+            "peak_saved_mb": self.saved_peak_bytes / 2**20,
             "peak_rss_mb": _peak_rss_mb(),
         }
 
@@ -101,6 +105,7 @@ class StageRunner:
             self.device = next(model.parameters()).device
         self.model = model.to(self.device)
         self.opt = make_optimizer(self.model.parameters(), spec.train)
+        self.saved = SavedTensorMeter(self.model.parameters())
         self.codec = WIRE_CODECS[spec.train.wire]
         self.schedule = SCHEDULES[spec.train.schedule]
         self.abort = Abort(r, spec.prefix)
@@ -336,16 +341,19 @@ class StageRunner:
                 x = msg.x
                 if not self.first:
                     x.requires_grad_(True)
-                out = self.model(x)  # (b, out_features)
+                with self.saved.counting():
+                    out = self.model(x)  # (b, out_features)
+                    if self.last:
+                        y = self._labels(msg)
+                        loss_sum = F.cross_entropy(out, y, reduction="sum")
                 if self.last:
-                    y = self._labels(msg)
-                    loss_sum = F.cross_entropy(out, y, reduction="sum")
                     pending_stats.append((out.detach(), y, loss_sum.detach()))  # counted after the sends
                     outputs[action.mb] = loss_sum / h["bs"]  # sums to the batch mean over micro-batches
                 else:
                     outputs[action.mb] = out
                 inputs[action.mb] = x
                 self.timers.max_in_flight = max(self.timers.max_in_flight, len(inputs))
+                self.timers.saved_peak_bytes = max(self.timers.saved_peak_bytes, self.saved.now)
                 self.timers.compute_s += time.perf_counter() - t0
                 if not self.last:
                     self._send(self.fwd_out, h, out.detach(), msg, "forward activations")
