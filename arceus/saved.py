@@ -38,7 +38,9 @@ class SavedTensorMeter:
             held = self._held[key] = [0, storage.nbytes()]
             self.now += held[1]
         held[0] += 1
-        return _Saved(self, key, t)
+        # Detached: a tensor an op saves of its own output would otherwise point back at its
+        # grad_fn through this object, a cycle that outlives a graph dropped without backward.
+        return _Saved(self, key, t.detach())
 
     def _release(self, key: int) -> None:
         held = self._held[key]

@@ -160,8 +160,8 @@ class StageRunner:
                 if link is not None:
                     try:
                         link.close()
-                    except redis.RedisError as e:  # the run's outcome is already decided
-                        log.warning("%s: closing %s: %s", self.who, link.key, e)
+                    except Exception as e:  # noqa: BLE001 - the run's outcome is already decided
+                        log.warning("%s: closing %s: %s: %s", self.who, link.key, type(e).__name__, e)
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -258,6 +258,11 @@ class StageRunner:
 
     def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
         t0 = time.perf_counter()
+        # Before waiting on a neighbour, collect the answers to our own sends: an XADD Redis
+        # refused (out of memory, ...) fails the run now, not as a timeout elsewhere later.
+        for tx in (self.fwd_out, self.bwd_out):
+            if tx is not None:
+                tx.flush()
         entry_id, fields = rx.recv(what)
         t1 = time.perf_counter()
         self.timers.wait_s += t1 - t0

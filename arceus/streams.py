@@ -86,7 +86,8 @@ def _connection(r: redis.Redis) -> redis.connection.AbstractConnection:
     """A connection of the link's own, outside the client's pool: the link keeps commands in
     flight on it (their replies are read later, in order), which a pooled connection must not."""
     pool = r.connection_pool
-    return pool.connection_class(**pool.connection_kwargs)
+    # No health-check PING before a command: it would read a reply meant for an earlier one.
+    return pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
 
 
 def _xadd(key: str, fields: dict[str, bytes]) -> list:
@@ -124,7 +125,11 @@ class Sender:
         """Read the replies of the XADDs in flight; raises the error Redis answered, if any."""
         while self._unread:
             self._unread -= 1
-            self.conn.read_response()
+            try:
+                self.conn.read_response()
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._unread = 0  # the connection is gone, and the replies with it
+                raise
 
     def _wait_for_credit(self, what: str) -> None:
         self.flush()
@@ -145,7 +150,8 @@ class Sender:
 
     def close(self) -> None:
         try:
-            self.flush()
+            if self.conn.is_connected:
+                self.flush()
         finally:
             self.conn.disconnect()
 
@@ -197,7 +203,11 @@ class Receiver:
         reply = None
         while self._replies:
             self._replies -= 1
-            reply = self.conn.read_response()
+            try:
+                reply = self.conn.read_response()
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._replies = 0
+                raise
         return reply
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ import redis
 from arceus.idx import write_synthetic_mnist
 from arceus.redis_server import EmbeddedRedis
 from arceus.settings import Settings
+
+# A runner started in the background (``cmd &`` without job control, some CI agents) ignores
+# SIGINT, and the processes it starts inherit that: the Ctrl-C tests would then send a
+# signal nobody hears. With a handler here, processes started from the tests get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

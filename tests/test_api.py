@@ -268,7 +268,12 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
         assert status == 200 and init["devices"][0]["device_id"] == device["device_id"]
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a worker serving device-N for the tests after this one
+            output, _ = proc.communicate()
+            raise AssertionError(f"arceus worker ignored Ctrl-C for 60 s:\n{output}") from None
     assert device is not None, output
     assert f"registered as device {device['device_id']}" in output
     assert f"unregistered device {device['device_id']}" in output

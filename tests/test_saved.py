@@ -1,3 +1,5 @@
+import weakref
+
 import torch
 
 from arceus.saved import SavedTensorMeter
@@ -18,3 +20,14 @@ def test_meter_counts_saved_activations_once_and_releases_them_after_backward():
     again.backward()
     del out, again, h
     assert meter.now == 0
+
+
+def test_a_graph_dropped_without_backward_releases_what_it_saved():
+    layer = torch.nn.Linear(16, 16)
+    meter = SavedTensorMeter(layer.parameters())
+    with meter.counting():
+        y = torch.sigmoid(layer(torch.randn(4, 16)))  # sigmoid keeps its own output
+    assert meter.now > 0
+    ref = weakref.ref(y)
+    del y  # an aborted step: no backward
+    assert ref() is None and meter.now == 0

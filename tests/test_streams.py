@@ -70,6 +70,7 @@ def test_window_bounds_the_stream_and_blocks_the_sender(r):
     def produce():
         for i in range(20):
             tx.send({"i": str(i).encode()}, "test")
+            tx.flush()  # the XADD has reached Redis
             sent.append(i)
             lengths.append(r.xlen("t:fwd:1"))
 
@@ -109,3 +110,19 @@ def test_abort_wakes_a_waiting_receiver(r):
     with pytest.raises(RunAborted, match="stage 2: boom"):
         rx.recv("activations")
     assert time.monotonic() - t0 < 3
+
+
+def test_a_link_whose_connection_dropped_fails_with_a_connection_error_and_still_closes(r):
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=Abort(r, "t"), who="stage 0")
+    tx.conn.send_command("CLIENT", "ID")
+    r.client_kill_filter(_id=tx.conn.read_response())
+    with pytest.raises(redis.ConnectionError):
+        tx.send({"a": b"1"}, "activations")
+        tx.flush()
+    tx.close()  # nothing left to read on a dead connection: no error of its own
+    rx = Receiver(r, "t:fwd:2", timeout_s=5, abort=Abort(r, "t"), who="stage 1")
+    rx.conn.send_command("CLIENT", "ID")
+    r.client_kill_filter(_id=rx.conn.read_response())
+    with pytest.raises(redis.ConnectionError):
+        rx.recv("activations")
+    rx.close()
