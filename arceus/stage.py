@@ -140,9 +140,7 @@ class StageRunner:
             self.abort.watch([s for s in range(self.spec.num_stages) if s != self.stage])
             self.timers = Timers()
             self._loop()
-            for tx in (self.fwd_out, self.bwd_out):
-                if tx is not None:
-                    tx.flush()
+            self._flush_sends()
             self._publish_weights()
             stop_beating.set()
             beater.join()
@@ -258,11 +256,7 @@ class StageRunner:
 
     def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
         t0 = time.perf_counter()
-        # Before waiting on a neighbour, collect the answers to our own sends: an XADD Redis
-        # refused (out of memory, ...) fails the run now, not as a timeout elsewhere later.
-        for tx in (self.fwd_out, self.bwd_out):
-            if tx is not None:
-                tx.flush()
+        self._flush_sends()
         entry_id, fields = rx.recv(what)
         t1 = time.perf_counter()
         self.timers.wait_s += t1 - t0
@@ -276,6 +270,13 @@ class StageRunner:
                 raise PayloadError(f"{where}: {e}") from e
         self.timers.codec_s += time.perf_counter() - t1
         return msg
+
+    def _flush_sends(self) -> None:
+        """Collect Redis's answers to our sends (before waiting on a neighbour, and at the end):
+        an XADD Redis refused (out of memory, ...) fails the run now, not as a timeout elsewhere."""
+        for tx in (self.fwd_out, self.bwd_out):
+            if tx is not None:
+                tx.flush()
 
     def _check_input(self, msg: Msg, width: int, max_rows: int | None) -> None:
         x = msg.x

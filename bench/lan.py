@@ -30,6 +30,8 @@ from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
 from arceus.redis_server import find_redis_server
 from arceus.runspec import RunSpec
 
+from .common import last_epoch_busy, median_rate
+
 MODELS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
 SWITCH, MAX_HOSTS = "arc-sw", 8
 REDIS_PORT, TORCH_PORT = 6390, 29517
@@ -107,12 +109,9 @@ def run_arceus(
             if p.returncode != 0:
                 raise RuntimeError(f"stage failed: {err[-2000:]}")
         rows = [json.loads(line) for line in outs[-1][0].splitlines() if line.startswith("{")]
-        epochs_rows = [r for r in rows if r["type"] == "epoch"]
-        last = [r for r in rows if r["type"] == "stage" and r["epoch"] == epochs_rows[-1]["epoch"]]
-        return {
-            "samples_per_s": statistics.median(r["samples_per_s"] for r in epochs_rows[1:] or epochs_rows),
-            "busy": [round(r["utilization"], 2) for r in sorted(last, key=lambda r: r["stage"])],
-        }
+        epochs = [r for r in rows if r["type"] == "epoch"]
+        stage_rows = [r for r in rows if r["type"] == "stage"]
+        return {"samples_per_s": median_rate(epochs), "busy": last_epoch_busy(epochs, stage_rows)}
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)

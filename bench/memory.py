@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
-from pathlib import Path
 
 from arceus.cli import redis_url
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
-from arceus.idx import write_synthetic_mnist
 from arceus.local import train_local
-from arceus.settings import Settings
+
+from .common import synthetic_mnist
 
 
 def main() -> None:
@@ -42,9 +40,7 @@ def main() -> None:
     args = p.parse_args()
 
     sizes = tuple(int(n) for n in args.sizes.split("-"))
-    tmp = Path(tempfile.mkdtemp(prefix="arceus-bench-"))
-    write_synthetic_mnist(tmp, n_train=2 * args.batch, n_val=1000)
-    settings = Settings.from_env(data_dir=tmp)
+    settings = synthetic_mnist(2 * args.batch, 1000)
     job = JobConfig(ModelConfig(sizes), DatasetConfig(name="MNIST", batch_size=args.batch))
     rows = []
     with redis_url(settings) as url:

@@ -18,20 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
-from pathlib import Path
 
 import torch
 
 from arceus.cli import redis_url
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
 from arceus.data import load_dataset
-from arceus.idx import write_synthetic_mnist
 from arceus.local import train_local
 from arceus.reference import train_reference
 from arceus.settings import Settings
 
-from .seed_job import median_rate
+from .common import last_epoch_busy, median_rate, synthetic_mnist
 from .torch_peer import TorchRefused, torch_pipeline_samples_per_s
 
 MODELS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
@@ -53,9 +50,7 @@ def main() -> None:
     sizes = MODELS[args.model]
     settings, dataset = Settings.from_env(), "digits"
     if args.synthetic:
-        tmp = tempfile.mkdtemp(prefix="arceus-bench-")
-        write_synthetic_mnist(Path(tmp), n_train=args.synthetic, n_val=2000)
-        settings, dataset = Settings.from_env(data_dir=Path(tmp)), "MNIST"
+        settings, dataset = synthetic_mnist(args.synthetic, 2000), "MNIST"
     job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name=dataset, batch_size=256))
     data = load_dataset(job.dataset, settings.data_dir)
     rows: list[dict] = []
@@ -72,12 +67,11 @@ def main() -> None:
                         for wire in args.wires:
                             train = TrainConfig(epochs=args.epochs, micro_batches=m, wire=wire, schedule=sched)
                             res = train_local(job, train, stages, url, settings)
-                            last = [s for s in res.stages if s["epoch"] == res.epochs[-1]["epoch"]]
                             rows.append({
                                 "case": f"arceus {stages} stages M={m} {sched} {wire}", "rep": rep,
                                 "samples_per_s": median_rate(res.epochs),
                                 "val_accuracy": res.epochs[-1]["val_accuracy"],
-                                "busy": [round(s["utilization"], 2) for s in sorted(last, key=lambda s: s["stage"])],
+                                "busy": last_epoch_busy(res.epochs, res.stages),
                             })  # fmt: skip
     print(json.dumps(rows, indent=1))
     med: dict[str, float | None] = {}

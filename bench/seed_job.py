@@ -16,28 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
-from pathlib import Path
 
 import torch
 
 from arceus.cli import SEED_JOB, redis_url
 from arceus.config import JobConfig, TrainConfig
 from arceus.data import load_dataset
-from arceus.idx import write_synthetic_mnist
 from arceus.local import train_local
 from arceus.reference import train_reference
 from arceus.settings import Settings
 
-
-def _stage(row: dict) -> int:
-    return row["stage"]
-
-
-def median_rate(epochs: list[dict]) -> float:
-    """Median samples/s over epochs 2..N (epoch 1 includes start-up)."""
-    rates = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
-    return statistics.median(rates)
+from .common import last_epoch_busy, median_rate, synthetic_mnist
 
 
 def main() -> None:
@@ -57,9 +46,7 @@ def main() -> None:
     job = JobConfig.parse(raw)
     settings = Settings.from_env()
     if args.synthetic:
-        tmp = tempfile.mkdtemp(prefix="arceus-bench-")
-        write_synthetic_mnist(Path(tmp), n_train=args.synthetic, n_val=10_000)
-        settings = Settings.from_env(data_dir=Path(tmp))
+        settings = synthetic_mnist(args.synthetic, 10_000)
         raw["dataset_config"]["name"] = "MNIST"
         job = JobConfig.parse(raw)
     data = load_dataset(job.dataset, settings.data_dir, settings.download)
@@ -86,7 +73,7 @@ def main() -> None:
                             "val_accuracy": res.epochs[-1]["val_accuracy"],
                             "wire_bytes_per_sample": sum(s["bytes_wire"] for s in stages) / n,
                             "fp32_bytes_per_sample": sum(s["bytes_raw"] for s in stages) / n,
-                            "utilization": [round(s["utilization"], 2) for s in sorted(stages, key=_stage)],
+                            "utilization": last_epoch_busy(res.epochs, res.stages),
                         }
                     )  # fmt: skip
     by_run: dict[str, list[dict]] = {}
