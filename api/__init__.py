@@ -15,14 +15,16 @@ __all__ = ["create_app"]
 MAX_REQUEST_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings | None = None, test_config: dict | None = None) -> Flask:
+def create_app(settings: Settings | None = None) -> Flask:
+    """The API for ``settings`` (default: from the environment). Imports no torch."""
     from workers import DEFAULT_REDIS_URL, make_celery  # noqa: PLC0415 - imported on demand: no torch
 
     from . import devices, jobs, network  # noqa: PLC0415
-    from .control import Control, UpstreamError  # noqa: PLC0415
+    from .control import Control  # noqa: PLC0415
     from .errors import ArceusApi, register_error_handlers  # noqa: PLC0415
 
     settings = settings or Settings.from_env()
+    settings = replace(settings, redis_url=settings.redis_url or DEFAULT_REDIS_URL)
 
     app = Flask("arceus")
     app.config.update(
@@ -34,24 +36,11 @@ def create_app(settings: Settings | None = None, test_config: dict | None = None
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
-        INIT_TIMEOUT_S=settings.init_timeout_s,
         JSON_SORT_KEYS=False,
     )
-    if test_config:
-        app.config.update(test_config)
     api = ArceusApi(app)
     register_error_handlers(app)
-
-    @app.errorhandler(UpstreamError)
-    def _upstream(e: UpstreamError):
-        name = {502: "Bad Gateway", 504: "Gateway Timeout"}[e.status]
-        return {"code": e.status, "status": name, "message": str(e)}, e.status
-
-    url = settings.redis_url or DEFAULT_REDIS_URL
-    celery = make_celery(replace(settings, redis_url=url))
-    app.extensions["arceus"] = Control(
-        redis.Redis.from_url(url), celery, app.config["INIT_TIMEOUT_S"], start_grace_s=settings.recv_timeout_s + 10
-    )
+    app.extensions["arceus"] = Control(redis.Redis.from_url(settings.redis_url), make_celery(settings), settings)
     for blp in (jobs.blp, devices.blp, devices.workers_blp, network.blp):
         api.register_blueprint(blp)
     return app

@@ -1,7 +1,7 @@
 """The job lifecycle the REST views delegate to: initialize, train, stop, report.
 
 It enqueues lifecycle tasks on each device's queue (ids and small JSON only, never
-tensors) and keeps every bit of state in Redis through ``arceus.jobs.JobStore``.
+tensors) and keeps every bit of state in Redis through ``arceus.control.jobs.JobStore``.
 """
 
 from __future__ import annotations
@@ -15,35 +15,29 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from arceus.config import JobConfig, TrainConfig
-from arceus.errors import ArceusError
+from arceus.control.jobs import JobStore
+from arceus.errors import ArceusError, Conflict, UpstreamError
 from arceus.events import EventLog
-from arceus.jobs import Conflict, JobStore
-from arceus.partition import StageShard, plan
-from arceus.runspec import RunSpec, run_prefix
-from arceus.streams import Abort
+from arceus.keys import RunKeys, queue_for
+from arceus.liveness import RunLiveness
+from arceus.plan.partition import StageAssignment, plan
+from arceus.plan.runspec import RunSpec
+from arceus.settings import Settings
 from workers import LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD
 
-__all__ = ["Control", "UpstreamError"]
+__all__ = ["Control"]
 
 log = logging.getLogger(__name__)
 
 
-class UpstreamError(ArceusError):
-    """A worker failed or did not answer; ``status`` is 502 or 504."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class Control:
-    def __init__(
-        self, r: redis.Redis, celery: Celery, init_timeout_s: float = 60.0, start_grace_s: float = 130.0
-    ) -> None:
+    def __init__(self, r: redis.Redis, celery: Celery, settings: Settings) -> None:
         self.r, self.celery, self.store = r, celery, JobStore(r)
-        self.init_timeout_s = init_timeout_s
+        self.init_timeout_s = settings.init_timeout_s
         # How long a run's stages may take to start (their start barrier waits as long).
-        self.start_grace_s = start_grace_s
+        self.start_grace_s = settings.recv_timeout_s + 10
+        # What a stage may decode: a run whose messages would exceed it is refused here.
+        self.max_payload_elements = settings.max_payload_elements
 
     def job(self, job_id: str) -> dict:
         """The job, after failing it if every process that could move it on is gone."""
@@ -55,8 +49,8 @@ class Control:
         if job["status"] == "initializing" and age > self.init_timeout_s + 30:
             reason = "initialization never finished (the API process handling it stopped?): initialize again"
         elif job["status"] == "training" and time.time() - float(job.get("started_at") or 0) > self.start_grace_s:
-            prefix = run_prefix(job["job_id"], job["run_id"])
-            beats = self.r.mget([f"{prefix}:alive:{s['stage']}" for s in job.get("plan") or []])
+            liveness = RunLiveness(self.r, RunKeys(job["job_id"], job["run_id"]))
+            beats = liveness.beats([s["stage"] for s in job.get("plan") or []])
             # Live stages watch each other; with none alive and one silent, nobody else will notice.
             if beats and b"alive" not in beats and None in beats:
                 reason = (
@@ -84,7 +78,7 @@ class Control:
         pending = []
         try:
             for shard in shards:
-                queue = f"device-{shard.device_id}"
+                queue = queue_for(shard.device_id)
                 args = [job_id, shard.device_id, shard.to_dict(), config.model.to_dict(), seed]
                 pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
         except Exception as e:  # the broker refused: nothing will confirm
@@ -99,7 +93,7 @@ class Control:
             except CeleryTimeout:
                 reason = (
                     f"device {shard.device_id} did not confirm its shard within {self.init_timeout_s:.0f}s: "
-                    f"is a worker running `celery -A workers worker -Q device-{shard.device_id}`?"
+                    f"is a worker running `celery -A workers worker -Q {queue_for(shard.device_id)}`?"
                 )
                 self.store.transition(job_id, "failed", error=reason)
                 raise UpstreamError(reason, 504) from None
@@ -120,31 +114,32 @@ class Control:
         if job["status"] not in ("ready", "completed"):
             # Let the store phrase the conflict (train before initialize, already training, ...).
             self.store.transition(job_id, "training")
-        stages = tuple(StageShard.from_dict(s) for s in job.get("plan") or [])
+        stages = tuple(StageAssignment.from_dict(s) for s in job.get("plan") or [])
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages)
+        spec.check_message_sizes(self.max_payload_elements)  # what every stage would refuse
         self.store.transition(
             job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
             run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
         )  # fmt: skip
         for shard in stages:
-            self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=f"device-{shard.device_id}")
+            self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
         return {"run_id": spec.run_id}
 
     def stop(self, job_id: str) -> None:
         moved = self.store.transition(job_id, "stopped", allowed_from=("training",), error="stopped by the user")
-        Abort(self.r, run_prefix(job_id, moved["run_id"])).set("stopped by the user")
+        RunLiveness(self.r, RunKeys(job_id, moved["run_id"])).abort("stopped by the user")
 
     def delete(self, job_id: str) -> None:
         devices = self.store.get(job_id)["devices"]
         self.store.delete(job_id)
         for d in devices:  # free the workers' memory; a worker that is gone has nothing to free
-            self.celery.send_task(UNLOAD_SHARD, args=[job_id], queue=f"device-{d['device_id']}", expires=3600)
+            self.celery.send_task(UNLOAD_SHARD, args=[job_id], queue=queue_for(d["device_id"]), expires=3600)
 
     def progress(self, job: dict) -> dict:
         """Latest epoch row and step of the job's current (or last) run."""
         if not job.get("run_id"):
             return {}
-        events = EventLog(self.r, run_prefix(job["job_id"], job["run_id"]))
+        events = EventLog(self.r, RunKeys(job["job_id"], job["run_id"]))
         latest = events.latest(("epoch", "progress"))
         out = {}
         epoch, step = latest.get("epoch"), latest.get("progress")
@@ -160,7 +155,7 @@ class Control:
         job = self.store.get(job_id)
         if not job.get("run_id"):
             return {"job_id": job_id, "run_id": None, "epochs": [], "stages": []}
-        events = EventLog(self.r, run_prefix(job_id, job["run_id"])).all()
+        events = EventLog(self.r, RunKeys(job_id, job["run_id"])).all()
         return {
             "job_id": job_id,
             "run_id": job["run_id"],

@@ -1,9 +1,11 @@
-"""Devices: register (one queue per device), list, unregister."""
+"""Devices: register (one queue per device), list, unregister; the Celery workers answering."""
 
 from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
+
+from arceus.keys import queue_for
 
 from .errors import Blueprint
 from .schemas import DeviceRegisterSchema
@@ -23,8 +25,8 @@ class Register(MethodView):
         return {
             "message": "Device registered successfully",
             "device_id": device_id,
-            "queue": f"device-{device_id}",
-            "worker_command": f"celery -A workers worker -Q device-{device_id}",
+            "queue": queue_for(device_id),
+            "worker_command": f"celery -A workers worker -Q {queue_for(device_id)}",
         }
 
 
@@ -38,6 +40,7 @@ class Devices(MethodView):
 @blp.route("/<int:device_id>")
 class Device(MethodView):
     def get(self, device_id):
+        """One device: what its worker reported, and its queue."""
         return current_app.extensions["arceus"].store.get_device(device_id)
 
     def delete(self, device_id):

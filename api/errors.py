@@ -7,8 +7,7 @@ from flask_smorest import Api
 from flask_smorest import Blueprint as _Blueprint
 from webargs.flaskparser import FlaskParser
 
-from arceus.errors import ArceusError, ConfigError, PartitionError
-from arceus.jobs import Conflict, NotFound
+from arceus.errors import ArceusError, ConfigError, Conflict, NotFound, PartitionError, UpstreamError
 
 __all__ = ["ArceusApi", "BadRequestParser", "Blueprint", "register_error_handlers"]
 
@@ -71,6 +70,10 @@ def register_error_handlers(app: Flask) -> None:
             409,
             f"{e}: register more devices or use fewer",
         )
+
+    @app.errorhandler(UpstreamError)
+    def _upstream(e: UpstreamError):
+        return _json(e.status, str(e))
 
     @app.errorhandler(ArceusError)
     def _other(e: ArceusError):

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import fields, validate
 
 from arceus.config import TrainConfig
 
 from .errors import Blueprint
-from .schemas import TrainSchema, _Strict
+from .schemas import InitializeSchema, TrainSchema
 
 blp = Blueprint("network", __name__, url_prefix="/api/network", description="Initialize, train and stop a job")
-
-
-class InitializeSchema(_Strict):
-    seed = fields.Integer(strict=True, validate=validate.Range(0, 2**31 - 1), load_default=0)
 
 
 @blp.route("/initialize/<job_id>")
@@ -32,7 +27,7 @@ class Train(MethodView):
     @blp.arguments(TrainSchema, required=False)
     def post(self, body, job_id):
         """Start training on the initialized devices; returns at once (follow GET /api/jobs/<job_id>)."""
-        train = TrainConfig.parse(body or TrainSchema().load({}))
+        train = TrainConfig.parse(body or {})
         result = current_app.extensions["arceus"].train(job_id, train)
         return {"message": "Training started", "epochs": train.epochs, "learning_rate": train.learning_rate,
                 "job_id": job_id, **result, "train_config": train.to_dict()}  # fmt: skip

@@ -1,16 +1,24 @@
-"""Marshmallow schemas: request validation, response shapes and the OpenAPI document."""
+"""Marshmallow schemas: request validation, response serialization and the OpenAPI document.
+
+Limits and defaults come from ``arceus.config`` (``TRAIN_OPTIONS``, ``DatasetConfig``), the
+one place they are written; ``JobConfig.parse`` checks the same rules again, and more.
+"""
 
 from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from arceus.config import DATASETS, MAX_BATCH, MAX_LAYER_SIZE, MAX_LAYERS, SCHEDULES, WIRE_CODECS
+from arceus.config import (
+    DATASETS,
+    MAX_BATCH,
+    MAX_LAYER_SIZE,
+    MAX_LAYERS,
+    TRAIN_OPTIONS,
+    DatasetConfig,
+    Option,
+)
 
-__all__ = [
-    "DeviceRegisterSchema",
-    "JobCreateSchema",
-    "TrainSchema",
-]
+__all__ = ["DeviceRegisterSchema", "InitializeSchema", "JobCreateSchema", "JobCreatedSchema", "TrainSchema"]
 
 
 class _Strict(Schema):
@@ -18,6 +26,7 @@ class _Strict(Schema):
         unknown = RAISE
 
 
+# ------------------------------------------------------------------ requests
 class NormalizeSchema(_Strict):
     mean = fields.List(fields.Float(allow_nan=False), validate=validate.Length(1, 4))
     std = fields.List(fields.Float(validate=validate.Range(min=0, min_inclusive=False)), validate=validate.Length(1, 4))
@@ -33,9 +42,13 @@ class ModelConfigSchema(_Strict):
 
 
 class DatasetConfigSchema(_Strict):
-    name = fields.String(validate=validate.OneOf(DATASETS), load_default="MNIST")
-    batch_size = fields.Integer(strict=True, validate=validate.Range(1, MAX_BATCH), load_default=256)
-    val_batch_size = fields.Integer(strict=True, validate=validate.Range(1, MAX_BATCH), load_default=1000)
+    name = fields.String(validate=validate.OneOf(DATASETS), load_default=DatasetConfig.name)
+    batch_size = fields.Integer(
+        strict=True, validate=validate.Range(1, MAX_BATCH), load_default=DatasetConfig.batch_size
+    )
+    val_batch_size = fields.Integer(
+        strict=True, validate=validate.Range(1, MAX_BATCH), load_default=DatasetConfig.val_batch_size
+    )
     normalize = fields.Nested(NormalizeSchema)
 
 
@@ -44,19 +57,28 @@ class JobCreateSchema(_Strict):
     dataset_config = fields.Nested(DatasetConfigSchema, load_default=dict)
 
 
-class JobCreatedSchema(Schema):
-    message = fields.String()
-    job_id = fields.String()
+def _option_field(o: Option) -> fields.Field:
+    meta = {"description": o.help}
+    if o.choices:
+        return fields.String(validate=validate.OneOf(o.choices), load_default=o.default, metadata=meta)
+    if o.type is int:
+        return fields.Integer(
+            strict=True, validate=validate.Range(o.low, o.high), load_default=o.default, metadata=meta
+        )
+    rule = validate.Range(o.low, o.high, min_inclusive=not o.low_open)
+    return fields.Float(validate=rule, load_default=o.default, metadata=meta)
 
 
-class TrainSchema(_Strict):
-    epochs = fields.Integer(strict=True, validate=validate.Range(1, 10_000), load_default=10)
-    learning_rate = fields.Float(validate=validate.Range(0, 100, min_inclusive=False), load_default=0.1)
-    momentum = fields.Float(validate=validate.Range(0, 0.999), load_default=0.0)
-    micro_batches = fields.Integer(strict=True, validate=validate.Range(1, 1024), load_default=1)
-    wire = fields.String(validate=validate.OneOf(list(WIRE_CODECS)), load_default="int8")
-    schedule = fields.String(validate=validate.OneOf(SCHEDULES), load_default="gpipe")
-    seed = fields.Integer(strict=True, validate=validate.Range(0, 2**31 - 1), load_default=0)
+TrainSchema = _Strict.from_dict({name: _option_field(o) for name, o in TRAIN_OPTIONS.items()}, name="TrainSchema")
+
+
+class InitializeSchema(_Strict):
+    seed = fields.Integer(
+        strict=True,
+        validate=validate.Range(TRAIN_OPTIONS["seed"].low, TRAIN_OPTIONS["seed"].high),
+        load_default=0,
+        metadata={"description": "seeds every layer's initial weights"},
+    )
 
 
 class DeviceRegisterSchema(_Strict):
@@ -72,3 +94,9 @@ class DeviceRegisterSchema(_Strict):
     memory_gb = fields.Float(validate=validate.Range(0, 1e6))
     accelerator = fields.String(validate=validate.Length(1, 256))
     accelerator_memory_gb = fields.Float(validate=validate.Range(0, 1e6))
+
+
+# ------------------------------------------------------------------ responses
+class JobCreatedSchema(Schema):
+    message = fields.String()
+    job_id = fields.String()

@@ -1,4 +1,9 @@
-"""Job configuration: parsed and validated from the original Arceus JSON (no torch here)."""
+"""Job and training configuration: the one source of defaults, ranges and names (no torch here).
+
+Jobs are parsed and validated from the original Arceus JSON. ``TRAIN_OPTIONS`` is the
+table of training options: ``TrainConfig``'s defaults, the API's marshmallow schema
+(``api/schemas.py``) and the CLI's flags (``arceus/cli/options.py``) are all made from it.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,41 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .plan.schedule import SCHEDULES as _SCHEDULE_FUNCTIONS
 
 __all__ = [
     "DATASETS",
     "SCHEDULES",
+    "SEED_JOB",
+    "TRAIN_OPTIONS",
     "WIRE_CODECS",
     "DatasetConfig",
     "JobConfig",
     "ModelConfig",
+    "Option",
     "TrainConfig",
 ]
 
 DATASETS = ("MNIST", "FashionMNIST", "digits")
-# User-facing wire name -> codec registered in arceus.wire.
+# User-facing wire name -> codec registered in arceus.wire (tests/test_config.py checks they exist;
+# config imports no torch, so it cannot ask the registry itself).
 WIRE_CODECS = {"fp32": "raw", "fp16": "fp16", "int8": "int8"}
-SCHEDULES = ("gpipe", "1f1b")  # names of arceus.schedule.SCHEDULES (config imports no torch)
+SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)
 MAX_LAYER_SIZE = 1 << 16
 MAX_LAYERS = 256
 MAX_BATCH = 1 << 16
+MAX_SEED = 2**31 - 1
+
+# The job of the original Arceus README: what `arceus demo` and `arceus train` run by default.
+SEED_JOB: dict = {
+    "model_config": {"layer_sizes": [784, 128, 64, 10]},
+    "dataset_config": {
+        "name": "MNIST",
+        "batch_size": 256,
+        "val_batch_size": 1000,
+        "normalize": {"mean": [0.1307], "std": [0.3081]},
+    },
+}
 
 
 def _check_keys(field_name: str, data: Any, allowed: set[str]) -> dict:
@@ -124,39 +146,64 @@ def _floats(field_name: str, value: Any) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
+class Option:
+    """One training option: its type and default, its range or its choices, and what it means."""
+
+    name: str
+    type: type
+    default: int | float | str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # ``low`` itself is not allowed
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> int | float | str:
+        """``value`` if it is valid, else a ConfigError naming this option and the rule."""
+        if self.choices:
+            if value not in self.choices:
+                raise ConfigError(self.name, f"unknown {self.name} {value!r} (known: {', '.join(self.choices)})")
+            return value
+        if self.type is int:
+            return _int(self.name, value, int(self.low), int(self.high))
+        return _float(self.name, value, self.low, self.high, lo_open=self.low_open)
+
+
+TRAIN_OPTIONS: dict[str, Option] = {
+    o.name: o
+    for o in (
+        Option("epochs", int, 10, "passes over the training set", 1, 10_000),
+        Option("learning_rate", float, 0.1, "SGD step size", 0.0, 100.0, low_open=True),
+        Option("momentum", float, 0.0, "SGD momentum", 0.0, 0.999),
+        Option("micro_batches", int, 1, "micro-batches per mini-batch; gradients accumulate over them", 1, 1024),
+        Option("wire", str, "int8", "codec of activations and gradients between stages", choices=tuple(WIRE_CODECS)),
+        Option("schedule", str, "gpipe", "pipeline schedule", choices=SCHEDULES),
+        Option("seed", int, 0, "seeds the order of the training samples (and, in `arceus train`, the weights)",
+               0, MAX_SEED),
+    )
+}  # fmt: skip
+
+
+def _default(name: str) -> Any:
+    return TRAIN_OPTIONS[name].default
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    learning_rate: float = 0.1
-    momentum: float = 0.0
+    epochs: int = _default("epochs")
+    learning_rate: float = _default("learning_rate")
+    momentum: float = _default("momentum")
     # Micro-batches per mini-batch; gradients are accumulated over them.
-    micro_batches: int = 1
-    wire: str = "int8"
-    schedule: str = "gpipe"
+    micro_batches: int = _default("micro_batches")
+    wire: str = _default("wire")
+    schedule: str = _default("schedule")
     # Seeds the weights (per layer) and the order of the training samples.
-    seed: int = 0
+    seed: int = _default("seed")
 
     @classmethod
     def parse(cls, data: Any) -> TrainConfig:
-        data = _check_keys(
-            "train_config", data, {"epochs", "learning_rate", "momentum", "micro_batches", "wire", "schedule", "seed"}
-        )
-        wire = data.get("wire", cls.wire)
-        if wire not in WIRE_CODECS:
-            raise ConfigError("wire", f"unknown wire codec {wire!r} (known: {', '.join(WIRE_CODECS)})")
-        schedule = data.get("schedule", cls.schedule)
-        if schedule not in SCHEDULES:
-            raise ConfigError("schedule", f"unknown schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
-        return cls(
-            epochs=_int("epochs", data.get("epochs", cls.epochs), 1, 10_000),
-            learning_rate=_float(
-                "learning_rate", data.get("learning_rate", cls.learning_rate), 0.0, 100.0, lo_open=True
-            ),
-            momentum=_float("momentum", data.get("momentum", cls.momentum), 0.0, 0.999),
-            micro_batches=_int("micro_batches", data.get("micro_batches", cls.micro_batches), 1, 1024),
-            wire=wire,
-            schedule=schedule,
-            seed=_int("seed", data.get("seed", cls.seed), 0, 2**31 - 1),
-        )
+        data = _check_keys("train_config", data, set(TRAIN_OPTIONS))
+        return cls(**{name: o.check(data.get(name, o.default)) for name, o in TRAIN_OPTIONS.items()})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,19 +1,27 @@
-"""The exceptions Arceus raises; each message names the bad value."""
+"""Every exception Arceus raises on purpose, in one hierarchy; each message names the bad value.
+
+The API maps them to HTTP statuses (``api/errors.py``): ``ConfigError`` 400, ``NotFound`` 404,
+``Conflict`` and ``PartitionError`` 409, ``UpstreamError`` its own 502/504.
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
     "ArceusError",
     "ConfigError",
+    "Conflict",
+    "DatasetUnavailable",
+    "NotFound",
     "PartitionError",
     "PayloadError",
-    "StageTimeout",
-    "RunAborted",
-    "DatasetUnavailable",
     "ProtocolError",
     "RedisServerError",
+    "RunAborted",
     "RunFailed",
+    "StageTimeout",
     "TrainingDiverged",
+    "UpstreamError",
 ]
 
 
@@ -21,8 +29,9 @@ class ArceusError(Exception):
     """Base class of every error Arceus raises on purpose."""
 
 
+# ------------------------------------------------------------------ what the user asked for
 class ConfigError(ArceusError, ValueError):
-    """A job, model, dataset or training config is invalid; ``field`` names where."""
+    """A job, model, dataset, training config or setting is invalid; ``field`` names where."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -34,6 +43,22 @@ class PartitionError(ArceusError, ValueError):
     """Layers cannot be split over the requested number of devices."""
 
 
+class NotFound(ArceusError, KeyError):
+    """No job or device with that id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class Conflict(ArceusError):
+    """The request does not fit the job's current state; the message says what to do."""
+
+
+class DatasetUnavailable(ArceusError):
+    """The dataset files are missing and could not be downloaded."""
+
+
+# ------------------------------------------------------------------ the data plane
 class PayloadError(ArceusError, ValueError):
     """A wire payload is truncated, oversized, inconsistent or of an unknown codec."""
 
@@ -50,17 +75,30 @@ class RunAborted(ArceusError):
     """Another stage (or the user) aborted the run; carries the reason it gave."""
 
 
-class DatasetUnavailable(ArceusError):
-    """The dataset files are missing and could not be downloaded."""
-
-
-class RedisServerError(ArceusError):
-    """The embedded Redis server could not be started."""
+class TrainingDiverged(ArceusError):
+    """The loss became NaN or infinite: the learning rate is too high for this model and data."""
 
 
 class RunFailed(ArceusError):
     """A training run ended with an error in one of its stages; the message is that stage's reason."""
 
 
-class TrainingDiverged(ArceusError):
-    """The loss became NaN or infinite: the learning rate is too high for this model and data."""
+# ------------------------------------------------------------------ processes and services
+class RedisServerError(ArceusError):
+    """The embedded Redis server could not be started."""
+
+
+class ApiError(ArceusError):
+    """The API answered with an error status, or could not be reached (``status`` is None then)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamError(ArceusError):
+    """A worker failed or did not answer the API; ``status`` is 502 or 504."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

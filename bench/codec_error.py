@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from arceus.config import DatasetConfig, ModelConfig, TrainConfig
-from arceus.data import load_dataset
-from arceus.reference import train_reference
+from arceus.engine.data import load_dataset
+from arceus.engine.reference import train_reference
 from arceus.settings import Settings
 from arceus.wire.codecs import BlockInt8, Fp16
 

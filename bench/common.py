@@ -8,7 +8,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from arceus.idx import write_synthetic_mnist
+from arceus.engine.idx import write_synthetic_mnist
 from arceus.settings import Settings
 
 __all__ = ["last_epoch_busy", "median_rate", "synthetic_mnist"]

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
-from arceus.redis_server import find_redis_server
-from arceus.runspec import RunSpec
+from arceus.launch.redis_server import find_redis_server
+from arceus.plan.runspec import RunSpec
 
 from .common import last_epoch_busy, median_rate
 

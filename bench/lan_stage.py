@@ -13,19 +13,19 @@ from pathlib import Path
 
 import redis
 
+from arceus.engine.stage import run_stage
 from arceus.events import EventLog
-from arceus.runspec import RunSpec
+from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
-from arceus.stage import run_stage
 
 
 def main() -> None:
     spec_dict = json.loads(Path(sys.argv[1]).read_text())
     stage, url = int(sys.argv[2]), sys.argv[3]
-    run_stage(spec_dict, stage, url, Settings.from_env(), threads=1)
+    run_stage(spec_dict, stage, url, Settings.from_env(threads=1))
     spec = RunSpec.from_dict(spec_dict)
     if stage == spec.num_stages - 1:
-        for e in EventLog(redis.Redis.from_url(url), spec.prefix).all():
+        for e in EventLog(redis.Redis.from_url(url), spec.keys).all():
             if e["type"] in ("epoch", "stage"):
                 print(json.dumps(e), flush=True)
 

@@ -23,9 +23,9 @@ import argparse
 import json
 import statistics
 
-from arceus.cli import redis_url
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
-from arceus.local import train_local
+from arceus.launch.redis_server import redis_for
+from arceus.launch.stages import train_local
 
 from .common import synthetic_mnist
 
@@ -43,7 +43,7 @@ def main() -> None:
     settings = synthetic_mnist(2 * args.batch, 1000)
     job = JobConfig(ModelConfig(sizes), DatasetConfig(name="MNIST", batch_size=args.batch))
     rows = []
-    with redis_url(settings) as url:
+    with redis_for(settings) as url:
         for rep in range(args.repeats):
             for schedule in ("gpipe", "1f1b"):
                 train = TrainConfig(epochs=1, micro_batches=args.micro_batches, schedule=schedule)

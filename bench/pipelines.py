@@ -21,11 +21,11 @@ import statistics
 
 import torch
 
-from arceus.cli import redis_url
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
-from arceus.data import load_dataset
-from arceus.local import train_local
-from arceus.reference import train_reference
+from arceus.engine.data import load_dataset
+from arceus.engine.reference import train_reference
+from arceus.launch.redis_server import redis_for
+from arceus.launch.stages import train_local
 from arceus.settings import Settings
 
 from .common import last_epoch_busy, median_rate, synthetic_mnist
@@ -54,7 +54,7 @@ def main() -> None:
     job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name=dataset, batch_size=256))
     data = load_dataset(job.dataset, settings.data_dir)
     rows: list[dict] = []
-    with redis_url(settings) as url:
+    with redis_for(settings) as url:
         for rep in range(args.repeats):
             for threads in (1, 2):
                 torch.set_num_threads(threads)

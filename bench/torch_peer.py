@@ -18,9 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from arceus.config import ModelConfig
-from arceus.model import Shard, layer_specs
-from arceus.partition import partition
-from arceus.procs import free_port
+from arceus.engine.model import Shard, layer_specs
+from arceus.launch.procs import free_port
+from arceus.plan.partition import partition
 
 __all__ = ["TorchRefused", "torch_pipeline_samples_per_s"]
 

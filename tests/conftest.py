@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from arceus.idx import write_synthetic_mnist
-from arceus.redis_server import EmbeddedRedis
+from arceus.engine.idx import write_synthetic_mnist
+from arceus.launch.redis_server import EmbeddedRedis
 from arceus.settings import Settings
 
 # A runner started in the background (``cmd &`` without job control, some CI agents) ignores

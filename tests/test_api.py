@@ -188,7 +188,7 @@ def test_errors_are_json_with_the_right_status(cluster):
 
 def test_initialize_without_a_worker_times_out_with_advice(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path, tmp_path)
-    c.start_api(ARCEUS_INIT_TIMEOUT="2")
+    c.start_api(init_timeout_s=2)
     try:
         _, body = c.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]}})
         job_id = body["job_id"]
@@ -282,7 +282,7 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
 
 def test_a_run_whose_workers_are_all_gone_fails_instead_of_hanging(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path, tmp_path)
-    c.start_api(ARCEUS_RECV_TIMEOUT="3")  # stages get 3 s to start; the API waits that plus 10 s
+    c.start_api(recv_timeout_s=3)  # stages get 3 s to start; the API waits that plus 10 s
     try:
         _, body = c.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]},
                                                "dataset_config": {"name": "digits"}})  # fmt: skip

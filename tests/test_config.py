@@ -1,7 +1,6 @@
 import pytest
 
-from arceus.cli import SEED_JOB
-from arceus.config import JobConfig, TrainConfig
+from arceus.config import SEED_JOB, JobConfig, TrainConfig
 from arceus.errors import ConfigError
 
 

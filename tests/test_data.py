@@ -3,7 +3,7 @@ import torch
 from conftest import write_mnist
 
 from arceus.config import DatasetConfig
-from arceus.data import batch_indices, load_dataset
+from arceus.engine.data import batch_indices, load_dataset
 from arceus.errors import DatasetUnavailable
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from arceus.errors import PartitionError
-from arceus.partition import partition, plan
+from arceus.plan.partition import partition, plan
 
 
 @pytest.mark.parametrize(

@@ -5,19 +5,20 @@ import os
 import re
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import write_mnist
 
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
-from arceus.data import load_dataset
+from arceus.engine.data import load_dataset
+from arceus.engine.reference import train_reference
 from arceus.errors import RunFailed
 from arceus.events import EventLog
-from arceus.local import _stage_process, train_local
-from arceus.reference import train_reference
-from arceus.runspec import RunSpec
-from arceus.streams import Abort
+from arceus.launch.stages import _stage_process, train_local
+from arceus.liveness import RunLiveness
+from arceus.plan.runspec import RunSpec
 from arceus.wire import encode
 
 
@@ -108,7 +109,7 @@ def test_metrics_are_written_to_redis_as_they_happen(redis_url, settings, mnist_
     assert kinds.count("epoch") == 2 and kinds.count("stage_done") == 2
     steps = [e["step"] for e in seen if e["type"] == "progress"]
     assert steps and all(1 <= s <= 26 for s in steps)  # counted within the epoch
-    stored = EventLog(r, result.spec.prefix).all()
+    stored = EventLog(r, result.spec.keys).all()
     epochs = [e for e in stored if e["type"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:
@@ -123,7 +124,7 @@ def test_metrics_are_written_to_redis_as_they_happen(redis_url, settings, mnist_
         if e["stage"] == 1:
             assert e["wait_s"] > 0  # it can only wait for stage 0's activations
     # Nothing of the data plane is left behind once the run is over.
-    assert not [k for k in r.scan_iter(f"{result.spec.prefix}:*") if b":fwd:" in k or b":bwd:" in k]
+    assert not [k for k in r.scan_iter(result.spec.keys.pattern) if b":fwd:" in k or b":bwd:" in k]
 
 
 def test_a_killed_stage_fails_the_run_with_a_reason(redis_url, settings, mnist_dir):
@@ -169,17 +170,17 @@ def _x(rows, width, codec="int8"):
 def test_malformed_stream_entry_fails_the_stage_clearly(redis_url, settings, r, fields, message):
     spec = RunSpec.new(_job([784, 32, 10]), TrainConfig(), 2)
     ctx = mp.get_context("spawn")
-    p = ctx.Process(target=_stage_process, args=(spec.to_dict(), 1, redis_url, settings, 1))
+    p = ctx.Process(target=_stage_process, args=(spec.to_dict(), 1, redis_url, replace(settings, threads=1)))
     p.start()
-    r.incr(f"{spec.prefix}:ready")  # stand in for stage 0 at the start barrier
-    r.xadd(f"{spec.prefix}:fwd:1", fields)
+    r.incr(spec.keys.ready)  # stand in for stage 0 at the start barrier
+    r.xadd(spec.keys.fwd(1), fields)
     p.join(timeout=60)
     assert p.exitcode == 1
-    reason = Abort(r, spec.prefix).reason()
+    reason = RunLiveness(r, spec.keys).reason()
     assert reason.startswith("stage 1 (layers [1, 2)): ")
     assert re.search(message, reason), reason
     if "Payload" in message:
-        assert f"of {spec.prefix}:fwd:1" in reason  # names the stream entry
+        assert f"of {spec.keys.fwd(1)}" in reason  # names the stream entry
 
 
 def test_diverging_training_fails_with_advice(redis_url, settings, mnist_dir):

@@ -5,7 +5,7 @@ import textwrap
 
 import redis
 
-from arceus.redis_server import EmbeddedRedis
+from arceus.launch.redis_server import EmbeddedRedis
 
 
 def _alive(pid: int) -> bool:
@@ -40,7 +40,7 @@ def test_killed_owner_leaves_no_redis_behind(tmp_path):
     script = textwrap.dedent(
         """
         import os, signal, sys
-        from arceus.redis_server import EmbeddedRedis
+        from arceus.launch.redis_server import EmbeddedRedis
         s = EmbeddedRedis().start()
         print(s.proc.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -59,7 +59,7 @@ def test_ctrl_c_stops_the_embedded_redis():
     script = textwrap.dedent(
         """
         import os, signal, time
-        from arceus.redis_server import EmbeddedRedis
+        from arceus.launch.redis_server import EmbeddedRedis
         with EmbeddedRedis() as s:
             print(s.proc.pid, flush=True)
             os.kill(os.getpid(), signal.SIGINT)

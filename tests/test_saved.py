@@ -2,7 +2,7 @@ import weakref
 
 import torch
 
-from arceus.saved import SavedTensorMeter
+from arceus.engine.saved import SavedTensorMeter
 
 
 def test_meter_counts_saved_activations_once_and_releases_them_after_backward():

@@ -1,6 +1,6 @@
 import pytest
 
-from arceus.schedule import gpipe
+from arceus.plan.schedule import gpipe
 
 
 def test_gpipe_table():
@@ -24,7 +24,7 @@ def test_gpipe_rejects_bad_arguments(stage, stages, m):
 
 
 def test_1f1b_tables():
-    from arceus.schedule import one_f_one_b
+    from arceus.plan.schedule import one_f_one_b
 
     table = {s: " ".join(map(str, one_f_one_b(s, 3, 4))) for s in range(3)}
     assert table == {
@@ -36,7 +36,7 @@ def test_1f1b_tables():
 
 
 def test_1f1b_bounds_in_flight_activations_where_gpipe_does_not():
-    from arceus.schedule import SCHEDULES, in_flight, one_f_one_b
+    from arceus.plan.schedule import SCHEDULES, in_flight, one_f_one_b
 
     assert set(SCHEDULES) == {"gpipe", "1f1b"}
     for d in range(1, 6):

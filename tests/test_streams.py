@@ -4,8 +4,14 @@ import time
 import pytest
 import redis
 
+from arceus.engine.streams import POLL_S, Receiver, Sender
 from arceus.errors import RunAborted, StageTimeout
-from arceus.streams import Abort, Receiver, Sender
+from arceus.keys import RunKeys
+from arceus.liveness import RunLiveness
+
+
+def _liveness(r) -> RunLiveness:
+    return RunLiveness(r, RunKeys("j", "r"))
 
 
 def _eventually(check, timeout_s: float = 2.0) -> bool:
@@ -17,10 +23,14 @@ def _eventually(check, timeout_s: float = 2.0) -> bool:
     return True
 
 
+def _blocked_clients(r) -> list[dict]:
+    return [c for c in r.client_list() if "b" in c["flags"]]
+
+
 def test_messages_arrive_in_order_and_are_deleted_once_taken(r):
-    abort = Abort(r, "t")
-    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=abort, who="stage 0")
-    rx = Receiver(r, "t:fwd:1", timeout_s=5, abort=abort, who="stage 1")
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, liveness=liveness, who="stage 1")
     for i in range(3):
         tx.send({"i": str(i).encode()}, "test")
     tx.flush()  # every XADD answered
@@ -39,7 +49,7 @@ def test_messages_arrive_in_order_and_are_deleted_once_taken(r):
 def test_a_send_does_not_wait_for_redis_but_its_error_is_raised(r):
     """XADD replies are read later; an error Redis answered is not lost."""
     r.set("t:fwd:1", "not a stream")
-    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=Abort(r, "t"), who="stage 0")
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=_liveness(r), who="stage 0")
     tx.send({"a": b"1"}, "activations")  # returns before Redis answers
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         tx.flush()
@@ -48,13 +58,15 @@ def test_a_send_does_not_wait_for_redis_but_its_error_is_raised(r):
 
 def test_a_read_ahead_that_times_out_is_asked_again(r):
     """The read of the next entry is in flight while the caller works; if it outlasts a
-    poll (1 s) empty, the next ``recv`` asks again and still gets the entry."""
-    abort = Abort(r, "t")
-    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=abort, who="stage 0")
-    rx = Receiver(r, "t:fwd:1", timeout_s=5, abort=abort, who="stage 1")
+    poll (``POLL_S``) empty, the next ``recv`` asks again and still gets the entry."""
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, liveness=liveness, who="stage 1")
     tx.send({"i": b"0"}, "test")
     assert rx.recv("test")[1][b"i"] == b"0"
-    time.sleep(1.3)  # the read-ahead's block (1 s) expires empty
+    # The read-ahead blocks in Redis until its poll expires empty; then no client is blocked.
+    assert _eventually(lambda: _blocked_clients(r))
+    assert _eventually(lambda: not _blocked_clients(r), timeout_s=POLL_S + 5)
     tx.send({"i": b"1"}, "test")
     assert rx.recv("test")[1][b"i"] == b"1"
     tx.close()
@@ -62,9 +74,9 @@ def test_a_read_ahead_that_times_out_is_asked_again(r):
 
 
 def test_window_bounds_the_stream_and_blocks_the_sender(r):
-    abort = Abort(r, "t")
-    tx = Sender(r, "t:fwd:1", window=3, timeout_s=10, abort=abort, who="stage 0")
-    rx = Receiver(r, "t:fwd:1", timeout_s=10, abort=abort, who="stage 1")
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=3, timeout_s=10, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=10, liveness=liveness, who="stage 1")
     lengths, sent = [], []
 
     def produce():
@@ -76,7 +88,8 @@ def test_window_bounds_the_stream_and_blocks_the_sender(r):
 
     th = threading.Thread(target=produce)
     th.start()
-    time.sleep(0.5)
+    assert _eventually(lambda: len(sent) == 3)
+    time.sleep(0.2)
     assert len(sent) == 3  # back-pressure: the fourth send waits for the receiver
     got = []
     for _ in range(20):
@@ -88,7 +101,7 @@ def test_window_bounds_the_stream_and_blocks_the_sender(r):
 
 
 def test_receive_timeout_names_the_stage_and_what_it_waited_for(r):
-    rx = Receiver(r, "t:bwd:0", timeout_s=0.3, abort=Abort(r, "t"), who="stage 0 (layers [0, 1))")
+    rx = Receiver(r, "t:bwd:0", timeout_s=0.3, liveness=_liveness(r), who="stage 0 (layers [0, 1))")
     t0 = time.monotonic()
     with pytest.raises(StageTimeout, match=r"stage 0 \(layers \[0, 1\)\) waited 0s for gradients of step 3"):
         rx.recv("gradients of step 3")
@@ -96,16 +109,16 @@ def test_receive_timeout_names_the_stage_and_what_it_waited_for(r):
 
 
 def test_send_timeout_when_receiver_never_consumes(r):
-    tx = Sender(r, "t:fwd:1", window=1, timeout_s=0.3, abort=Abort(r, "t"), who="stage 0")
+    tx = Sender(r, "t:fwd:1", window=1, timeout_s=0.3, liveness=_liveness(r), who="stage 0")
     tx.send({"a": b"1"}, "activations")
     with pytest.raises(StageTimeout, match="stage 0 waited 0s to send activations"):
         tx.send({"a": b"2"}, "activations")
 
 
 def test_abort_wakes_a_waiting_receiver(r):
-    abort = Abort(r, "t")
-    rx = Receiver(r, "t:fwd:1", timeout_s=30, abort=abort, who="stage 1")
-    threading.Timer(0.2, abort.set, args=("stage 2: boom",)).start()
+    liveness = _liveness(r)
+    rx = Receiver(r, "t:fwd:1", timeout_s=30, liveness=liveness, who="stage 1")
+    threading.Timer(0.2, liveness.abort, args=("stage 2: boom",)).start()
     t0 = time.monotonic()
     with pytest.raises(RunAborted, match="stage 2: boom"):
         rx.recv("activations")
@@ -113,14 +126,14 @@ def test_abort_wakes_a_waiting_receiver(r):
 
 
 def test_a_link_whose_connection_dropped_fails_with_a_connection_error_and_still_closes(r):
-    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, abort=Abort(r, "t"), who="stage 0")
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=_liveness(r), who="stage 0")
     tx.conn.send_command("CLIENT", "ID")
     r.client_kill_filter(_id=tx.conn.read_response())
     with pytest.raises(redis.ConnectionError):
         tx.send({"a": b"1"}, "activations")
         tx.flush()
     tx.close()  # nothing left to read on a dead connection: no error of its own
-    rx = Receiver(r, "t:fwd:2", timeout_s=5, abort=Abort(r, "t"), who="stage 1")
+    rx = Receiver(r, "t:fwd:2", timeout_s=5, liveness=_liveness(r), who="stage 1")
     rx.conn.send_command("CLIENT", "ID")
     r.client_kill_filter(_id=rx.conn.read_response())
     with pytest.raises(redis.ConnectionError):

@@ -1,12 +1,11 @@
-"""Celery entry point: ``celery -A workers worker -Q device-N`` runs device N.
+"""Celery lifecycle tasks for the devices' workers.
 
-The broker and result backend are ``ARCEUS_REDIS_URL`` (default redis://127.0.0.1:6379/0).
+``celery -A workers worker -Q device-N`` runs device N: Celery finds the app in
+``workers/celery.py``, built from the environment (``ARCEUS_REDIS_URL``, default
+redis://127.0.0.1:6379/0). Importing this package builds no app: the API makes its own
+with ``make_celery`` and sends tasks by name.
 """
 
-from arceus.settings import Settings
+from .factory import DEFAULT_REDIS_URL, LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD, make_celery
 
-from .app import DEFAULT_REDIS_URL, LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD, make_celery
-
-app = make_celery(Settings.from_env())
-
-__all__ = ["DEFAULT_REDIS_URL", "LOAD_SHARD", "RUN_STAGE", "UNLOAD_SHARD", "app", "make_celery"]
+__all__ = ["DEFAULT_REDIS_URL", "LOAD_SHARD", "RUN_STAGE", "UNLOAD_SHARD", "make_celery"]

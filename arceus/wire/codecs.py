@@ -90,6 +90,8 @@ class Fp16(Codec):
 class BlockInt8(Codec):
     """8-bit codes with one fp32 scale per block of ``block`` consecutive values.
 
+    Asymmetric (the default, registered as ``int8``): code = round((x - lo) / s),
+    s = (hi - lo) / 255, error at most (hi - lo) / 510, with lo stored beside s.
     Symmetric (``asymmetric=False``): code = round(x / s), s = absmax / 127, so the error
     of each value is at most s / 2 = absmax(block) / 254. Asymmetric: code = round((x - lo) / s),
     s = (hi - lo) / 255, error at most (hi - lo) / 510, with lo stored beside s.
@@ -99,7 +101,7 @@ class BlockInt8(Codec):
 
     lossless = False
 
-    def __init__(self, block: int = 64, asymmetric: bool = False, name: str = "int8") -> None:
+    def __init__(self, block: int = 64, asymmetric: bool = True, name: str = "int8") -> None:
         self.block, self.asymmetric, self.name = block, asymmetric, name
         self._params = 2 if asymmetric else 1
 
@@ -156,9 +158,9 @@ class BlockInt8(Codec):
         return out if dtype == torch.float32 else out.to(dtype)
 
 
-# int8 = blocks of 64 with min/max: measured (docs/wire.md) to halve the error of absmax on
-# ReLU activations, which are never negative, for 0.06 more bytes per value.
-CODECS: dict[str, Codec] = {c.name: c for c in (Raw(), Fp16(), BlockInt8(block=64, asymmetric=True))}
+# int8 = BlockInt8's defaults, blocks of 64 with min/max: measured (docs/wire.md) to halve the
+# error of absmax on ReLU activations, which are never negative, for 0.06 more bytes per value.
+CODECS: dict[str, Codec] = {c.name: c for c in (Raw(), Fp16(), BlockInt8())}
 assert all(0 < len(n) < 32 and n.isascii() for n in CODECS), "codec names travel on the wire"
 
 

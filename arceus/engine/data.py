@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .config import DatasetConfig
-from .errors import DatasetUnavailable
+from ..config import DatasetConfig
+from ..errors import DatasetUnavailable
 
 __all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize"]
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .errors import ConfigError
+from ..config import ModelConfig
+from ..errors import ConfigError
 
-__all__ = ["LAYER_KINDS", "Shard", "build_shard", "layer_specs", "layer_flops", "layer_seed"]
+__all__ = ["LAYER_KINDS", "Shard", "build_shard", "layer_flops", "layer_seed", "layer_specs", "train_flops_per_sample"]
 
 
 def layer_specs(model: ModelConfig) -> list[dict]:
@@ -61,6 +61,17 @@ def layer_flops(spec: dict) -> int:
     if spec["kind"] == "linear":
         return 2 * spec["in"] * spec["out"] + spec["out"]
     raise ConfigError("kind", f"no FLOP count for layer kind {spec['kind']!r}")
+
+
+def train_flops_per_sample(specs: list[dict], start: int) -> int:
+    """FLOPs a training sample costs layers ``specs`` (starting at global layer ``start``):
+    forward, the weight gradient, and the input gradient except for layer 0, whose
+    input (the data) needs none."""
+    total = 0
+    for i, spec in enumerate(specs):
+        fwd = layer_flops(spec)
+        total += fwd + fwd + (fwd if start + i > 0 else 0)
+    return total
 
 
 class Shard(nn.Module):

@@ -1,8 +1,9 @@
-"""A local cluster: every stage in its own process on this machine, talking through Redis.
+"""The engine alone: every stage in its own process on this machine, talking through Redis.
 
-``train_local`` is what ``arceus train``, the tests and the benchmarks run. It starts
-the stage processes, follows the run's event stream, and fails fast (aborting the
-other stages) when a stage reports an error or its process dies.
+No API and no Celery (``launch.control_plane`` starts those). ``train_local`` is what
+``arceus train``, the tests and the benchmarks run. It starts the stage processes,
+follows the run's event stream, and fails fast (aborting the other stages) when a stage
+reports an error or its process dies.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 
-from .config import JobConfig, TrainConfig
-from .errors import RunFailed
-from .events import EventLog
-from .runspec import RunSpec
-from .settings import Settings
-from .stage import read_weights, run_stage
-from .streams import Abort
+from .. import keys
+from ..config import JobConfig, TrainConfig
+from ..engine.stage import read_weights, run_stage
+from ..errors import RunFailed
+from ..events import EventLog
+from ..liveness import RunLiveness
+from ..plan.runspec import RunSpec
+from ..settings import Settings
 
 __all__ = ["RunResult", "train_local"]
 
@@ -38,10 +40,10 @@ class RunResult:
     weights: dict = field(default_factory=dict)
 
 
-def _stage_process(spec_dict: dict, stage: int, redis_url: str, settings: Settings, threads: int) -> None:
+def _stage_process(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"stage {stage}: %(levelname)s %(message)s")
     try:
-        run_stage(spec_dict, stage, redis_url, settings, threads=threads)
+        run_stage(spec_dict, stage, redis_url, settings)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as e:  # already reported to the run's abort flag and event log
@@ -62,14 +64,15 @@ def train_local(
 ) -> RunResult:
     spec = RunSpec.new(job, train, num_stages, device=device)
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
-    threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
+    threads = threads or settings.threads or max(1, (os.cpu_count() or 1) // num_stages)
+    stage_settings = replace(settings, threads=threads)
     r = redis.Redis.from_url(redis_url)
-    events, abort = EventLog(r, spec.prefix), Abort(r, spec.prefix)
+    events, liveness = EventLog(r, spec.keys), RunLiveness(r, spec.keys)
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(
             target=_stage_process,
-            args=(spec.to_dict(), s, redis_url, settings, threads),
+            args=(spec.to_dict(), s, redis_url, stage_settings),
             name=f"arceus-stage-{s}",
             daemon=True,
         )  # fmt: skip
@@ -96,14 +99,14 @@ def train_local(
                     on_event(ev)
             for s, p in enumerate(procs):
                 if p.exitcode not in (None, 0) and s not in done:
-                    reason = abort.reason() or f"stage {s} process exited with code {p.exitcode}"
+                    reason = liveness.reason() or f"stage {s} process exited with code {p.exitcode}"
                     raise RunFailed(reason)
         result.seconds = time.perf_counter() - t0
         if keep_weights:
-            result.weights = read_weights(r, spec.prefix)
+            result.weights = read_weights(r, spec)
         return result
     except BaseException as e:
-        abort.set(f"run stopped: {type(e).__name__}: {e}")
+        liveness.abort(f"run stopped: {type(e).__name__}: {e}")
         raise
     finally:
         for p in procs:
@@ -111,16 +114,16 @@ def train_local(
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
-        _cleanup(r, spec.prefix)
+        _cleanup(r, spec.keys)
         r.close()
 
 
-def _cleanup(r: redis.Redis, prefix: str) -> None:
-    # Streams and credits of this run; the event log and weights are kept for a day for readers.
-    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-    drop = [k for k in keys if not k.endswith((b":events", b":weights"))]
+def _cleanup(r: redis.Redis, run: keys.RunKeys) -> None:
+    # Streams, credits and control keys of this run; the event log and weights are kept for readers.
+    kept = (run.events.encode(), run.weights.encode())
+    found = list(r.scan_iter(match=run.pattern, count=1000))
+    drop = [k for k in found if k not in kept]
     if drop:
         r.delete(*drop)
-    for k in keys:
-        if k.endswith((b":events", b":weights")):
-            r.expire(k, 24 * 3600)
+    for k in kept:
+        r.expire(k, keys.RESULTS_TTL_S)

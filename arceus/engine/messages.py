@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import MAX_BATCH
-from .errors import ProtocolError
+from ..config import MAX_BATCH
+from ..errors import ProtocolError
 
 __all__ = ["BACKWARD_KINDS", "FORWARD_KINDS", "Msg", "encode_header", "parse_header"]
 

@@ -6,17 +6,9 @@ import json
 import urllib.error
 import urllib.request
 
-from .errors import ArceusError
+from ..errors import ApiError
 
-__all__ = ["ApiClient", "ApiError"]
-
-
-class ApiError(ArceusError):
-    """The API answered with an error status, or could not be reached."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["ApiClient"]
 
 
 class ApiClient:
@@ -24,22 +16,30 @@ class ApiClient:
         self.base = base_url.rstrip("/")
         self.timeout_s = timeout_s
 
-    def call(self, method: str, path: str, body: object = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
+    def request(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, dict]:
+        """``(status, JSON body)`` whatever the status; ``ApiError`` only when the API cannot be reached."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read() or b"{}")
+                return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as e:
+            payload = e.read()
             try:
-                message = json.loads(e.read()).get("message", e.reason)
+                return e.code, json.loads(payload)
             except ValueError:
-                message = e.reason
-            raise ApiError(f"{method} {path}: {e.code} {message}", e.code) from None
+                return e.code, {"message": payload.decode(errors="replace") or e.reason}
         except (urllib.error.URLError, OSError) as e:
             raise ApiError(f"cannot reach the Arceus API at {self.base}: {getattr(e, 'reason', e)}") from None
+
+    def call(self, method: str, path: str, body: object = None) -> dict:
+        """The JSON body of a successful answer; ``ApiError`` naming the status and the API's message otherwise."""
+        status, reply = self.request(method, path, body)
+        if status >= 400:
+            raise ApiError(f"{method} {path}: {status} {reply.get('message', '')}", status)
+        return reply
 
     def get(self, path: str) -> dict:
         return self.call("GET", path)

@@ -1,7 +1,7 @@
 """What every stage of one training run is told: plain JSON-able data (no torch here).
 
-The local cluster passes it to each stage process; the control plane will pass the
-same dict as a task argument. Stages derive their Redis keys from it.
+The engine-only launcher passes it to each stage process; the control plane passes the
+same dict as a Celery task argument. Stages derive their Redis keys from it.
 """
 
 from __future__ import annotations
@@ -9,15 +9,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from .config import JobConfig, TrainConfig
-from .partition import StageShard, plan
+from ..config import JobConfig, TrainConfig
+from ..errors import ConfigError
+from ..keys import RunKeys
+from .partition import StageAssignment, plan
 
-__all__ = ["RunSpec", "run_prefix"]
-
-
-def run_prefix(job_id: str, run_id: str) -> str:
-    """Namespace of every key of one run: a restarted run never reads an earlier run's entries."""
-    return f"arceus:job:{job_id}:run:{run_id}"
+__all__ = ["RunSpec"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +23,7 @@ class RunSpec:
     run_id: str
     job: JobConfig
     train: TrainConfig
-    stages: tuple[StageShard, ...]
+    stages: tuple[StageAssignment, ...]
     # Torch device per stage ("cpu", "cuda:0", "mps"); None picks mps > cuda > cpu.
     devices: tuple[str | None, ...] = field(default=())
 
@@ -49,8 +46,20 @@ class RunSpec:
         return len(self.stages)
 
     @property
-    def prefix(self) -> str:
-        return run_prefix(self.job_id, self.run_id)
+    def keys(self) -> RunKeys:
+        return RunKeys(self.job_id, self.run_id)
+
+    def check_message_sizes(self, max_payload_elements: int) -> None:
+        """Refuse a run whose largest activation would exceed what a receiver may decode
+        (the API before it enqueues the run, and every stage before it starts)."""
+        rows = max(self.job.dataset.batch_size, self.job.dataset.val_batch_size)
+        width = max(self.job.model.layer_sizes)
+        if rows * width > max_payload_elements:
+            raise ConfigError(
+                "dataset_config.val_batch_size",
+                f"a batch of {rows} rows x {width} features = {rows * width} values exceeds the payload limit of "
+                f"{max_payload_elements}; use smaller batches",
+            )
 
     def device_for(self, stage: int) -> str | None:
         return self.devices[stage] if stage < len(self.devices) else None
@@ -72,6 +81,6 @@ class RunSpec:
             run_id=str(d["run_id"]),
             job=JobConfig.parse({"model_config": d["model_config"], "dataset_config": d["dataset_config"]}),
             train=TrainConfig.parse(d["train_config"]),
-            stages=tuple(StageShard.from_dict(s) for s in d["stages"]),
+            stages=tuple(StageAssignment.from_dict(s) for s in d["stages"]),
             devices=tuple(d.get("devices", ())),
         )

@@ -4,7 +4,7 @@ A job moves through ``created -> initializing -> ready -> training -> completed 
 stopped``; a failure carries its reason. Every transition is a compare-and-set on the
 job's status, so two API processes (or an API and a worker) never race a job into an
 impossible state. Devices get sequential ids; device N's worker listens on queue
-``device-N``.
+``keys.queue_for(N)``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from collections.abc import Iterable
 
 import redis
 
-from .config import JobConfig
-from .errors import ArceusError
+from .. import keys
+from ..config import JobConfig
+from ..errors import Conflict, NotFound
 
-__all__ = ["TRANSITIONS", "Conflict", "JobStore", "NotFound", "queue_for"]
+__all__ = ["ACTIVE", "TRANSITIONS", "JobStore"]
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "created": ("initializing",),
@@ -36,50 +37,30 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 ACTIVE = ("initializing", "training")
 
 
-class NotFound(ArceusError, KeyError):
-    """No job or device with that id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "not found"
-
-
-class Conflict(ArceusError):
-    """The request does not fit the job's current state; the message says what to do."""
-
-
-def queue_for(device_id: int) -> str:
-    return f"device-{device_id}"
-
-
 def _now() -> float:
     return time.time()
 
 
 class JobStore:
-    PREFIX = "arceus"
-
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
 
     # ------------------------------------------------------------------ jobs
-    def _key(self, job_id: str) -> str:
-        return f"{self.PREFIX}:job:{job_id}"
-
     def create(self, config: JobConfig) -> str:
         job_id = uuid.uuid4().hex[:12]
         now = _now()
         pipe = self.r.pipeline()
         pipe.hset(
-            self._key(job_id),
+            keys.job(job_id),
             mapping={"job_id": job_id, "status": "created", "config": json.dumps(config.to_dict()),
                      "created_at": now, "updated_at": now, "error": ""},
         )  # fmt: skip
-        pipe.zadd(f"{self.PREFIX}:jobs", {job_id: now})
+        pipe.zadd(keys.JOBS, {job_id: now})
         pipe.execute()
         return job_id
 
     def get(self, job_id: str) -> dict:
-        raw = self.r.hgetall(self._key(job_id))
+        raw = self.r.hgetall(keys.job(job_id))
         if not raw:
             raise NotFound(f"job {job_id!r} does not exist")
         job = {k.decode(): v.decode() for k, v in raw.items()}
@@ -92,7 +73,7 @@ class JobStore:
         return job
 
     def list(self) -> list[dict]:
-        ids = [i.decode() for i in self.r.zrange(f"{self.PREFIX}:jobs", 0, -1)]
+        ids = [i.decode() for i in self.r.zrange(keys.JOBS, 0, -1)]
         jobs = []
         for job_id in ids:
             try:
@@ -106,11 +87,12 @@ class JobStore:
         if job["status"] in ACTIVE:
             raise Conflict(f"job {job_id} is {job['status']}: stop it (POST /api/network/stop/{job_id}) first")
         for device in job["devices"]:
-            self.r.delete(self._device_key(device["device_id"]))
-            self.r.srem(f"{self.PREFIX}:devices", device["device_id"])
-        keys = list(self.r.scan_iter(match=f"{self._key(job_id)}:*", count=1000))
-        self.r.delete(self._key(job_id), *keys)
-        self.r.zrem(f"{self.PREFIX}:jobs", job_id)
+            self.r.delete(keys.device(device["device_id"]))
+            self.r.srem(keys.DEVICES, device["device_id"])
+        # Its devices set and every run's keys are under the job's key.
+        found = list(self.r.scan_iter(match=f"{keys.job(job_id)}:*", count=1000))
+        self.r.delete(keys.job(job_id), *found)
+        self.r.zrem(keys.JOBS, job_id)
 
     def transition(
         self,
@@ -122,7 +104,7 @@ class JobStore:
     ) -> dict:
         """Compare-and-set the status (and the ``expect`` fields, e.g. the run id); raises
         Conflict naming the current status when not allowed. Returns the old status and run id."""
-        key = self._key(job_id)
+        key = keys.job(job_id)
         with self.r.pipeline() as pipe:
             while True:
                 try:
@@ -150,12 +132,9 @@ class JobStore:
 
     def set_fields(self, job_id: str, **fields: object) -> None:
         mapping = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
-        self.r.hset(self._key(job_id), mapping=mapping)
+        self.r.hset(keys.job(job_id), mapping=mapping)
 
     # --------------------------------------------------------------- devices
-    def _device_key(self, device_id: int) -> str:
-        return f"{self.PREFIX}:device:{device_id}"
-
     def register_device(self, job_id: str, info: dict) -> int:
         job = self.get(job_id)
         if job["status"] in ACTIVE:
@@ -164,36 +143,36 @@ class JobStore:
         if name and any(d.get("name") == name for d in job["devices"]):
             raise Conflict(f"a device named {name!r} is already registered for job {job_id}")
         self._forget_plan(job)
-        device_id = int(self.r.incr(f"{self.PREFIX}:device:seq"))
-        record = {"device_id": device_id, "job_id": job_id, "queue": queue_for(device_id),
+        device_id = int(self.r.incr(keys.DEVICE_SEQ))
+        record = {"device_id": device_id, "job_id": job_id, "queue": keys.queue_for(device_id),
                   "registered_at": _now(), **info}  # fmt: skip
         pipe = self.r.pipeline()
-        pipe.set(self._device_key(device_id), json.dumps(record))
-        pipe.sadd(f"{self.PREFIX}:devices", device_id)
-        pipe.sadd(f"{self._key(job_id)}:devices", device_id)
+        pipe.set(keys.device(device_id), json.dumps(record))
+        pipe.sadd(keys.DEVICES, device_id)
+        pipe.sadd(keys.job_devices(job_id), device_id)
         pipe.execute()
         return device_id
 
     def get_device(self, device_id: int) -> dict:
-        raw = self.r.get(self._device_key(device_id))
+        raw = self.r.get(keys.device(device_id))
         if raw is None:
             raise NotFound(f"device {device_id} does not exist")
         return json.loads(raw)
 
     def devices(self) -> list[dict]:
-        ids = sorted(int(i) for i in self.r.smembers(f"{self.PREFIX}:devices"))
-        raws = self.r.mget([self._device_key(i) for i in ids]) if ids else []
+        ids = sorted(int(i) for i in self.r.smembers(keys.DEVICES))
+        raws = self.r.mget([keys.device(i) for i in ids]) if ids else []
         return [json.loads(r) for r in raws if r is not None]
 
     def job_devices(self, job_id: str) -> list[dict]:
-        ids = sorted(int(i) for i in self.r.smembers(f"{self._key(job_id)}:devices"))
-        raws = self.r.mget([self._device_key(i) for i in ids]) if ids else []
+        ids = sorted(int(i) for i in self.r.smembers(keys.job_devices(job_id)))
+        raws = self.r.mget([keys.device(i) for i in ids]) if ids else []
         return [json.loads(r) for r in raws if r is not None]
 
     def update_device(self, device_id: int, **fields: object) -> None:
         record = self.get_device(device_id)
         record.update(fields)
-        self.r.set(self._device_key(device_id), json.dumps(record))
+        self.r.set(keys.device(device_id), json.dumps(record))
 
     def delete_device(self, device_id: int) -> None:
         record = self.get_device(device_id)
@@ -207,9 +186,9 @@ class JobStore:
         if status is not None:
             self._forget_plan(self.get(job_id))
         pipe = self.r.pipeline()
-        pipe.delete(self._device_key(device_id))
-        pipe.srem(f"{self.PREFIX}:devices", device_id)
-        pipe.srem(f"{self._key(job_id)}:devices", device_id)
+        pipe.delete(keys.device(device_id))
+        pipe.srem(keys.DEVICES, device_id)
+        pipe.srem(keys.job_devices(job_id), device_id)
         pipe.execute()
 
     def _forget_plan(self, job: dict) -> None:
@@ -223,10 +202,10 @@ class JobStore:
     # ---------------------------------------------------------- teraflops
     def add_teraflops(self, rows: list[dict]) -> None:
         if rows:
-            self.r.rpush(f"{self.PREFIX}:teraflops", *[json.dumps(r) for r in rows])
+            self.r.rpush(keys.TERAFLOPS, *[json.dumps(r) for r in rows])
 
     def teraflops(self) -> list[dict]:
-        return [json.loads(r) for r in self.r.lrange(f"{self.PREFIX}:teraflops", 0, -1)]
+        return [json.loads(r) for r in self.r.lrange(keys.TERAFLOPS, 0, -1)]
 
 
 def _sources(to: str) -> tuple[str, ...]:

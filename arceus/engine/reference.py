@@ -7,10 +7,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 from .data import Dataset, batch_indices
+from .metrics import EpochStats
 from .model import Shard, layer_specs
-from .training import EpochStats, make_optimizer
+from .optim import make_optimizer
 
 __all__ = ["evaluate", "train_reference"]
 

@@ -8,59 +8,31 @@ here, against the job store in Redis.
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import socket
 
 import redis
-import torch
 
-from .config import ModelConfig
-from .errors import ArceusError, RunAborted
-from .events import EventLog
-from .jobs import Conflict, JobStore
-from .model import Shard, layer_flops, layer_specs
-from .partition import StageShard
-from .runspec import RunSpec
-from .settings import Settings
-from .stage import StageRunner
-from .streams import Abort
-from .training import pick_device
+from .. import keys
+from ..config import ModelConfig
+from ..engine.device import pick_device
+from ..engine.model import Shard, layer_specs, train_flops_per_sample
+from ..engine.stage import StageRunner
+from ..errors import ArceusError, Conflict, RunAborted
+from ..events import EventLog
+from ..liveness import RunLiveness
+from ..plan.partition import StageAssignment
+from ..plan.runspec import RunSpec
+from ..settings import Settings
+from .jobs import JobStore
 
-__all__ = ["ShardHost", "describe_machine", "train_flops_per_sample"]
+__all__ = ["ShardHost"]
 
 log = logging.getLogger(__name__)
 
 
-def describe_machine(device: str | None = None) -> dict:
-    """What a worker tells the API about itself when it registers."""
-    dev = pick_device(device)
-    info = {"host": socket.gethostname(), "platform": platform.platform(), "torch_device": str(dev),
-            "torch": torch.__version__}  # fmt: skip
-    try:
-        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    if dev.type == "cuda":
-        info["accelerator"] = torch.cuda.get_device_name(dev)
-        info["accelerator_memory_gb"] = round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1)
-    return info
-
-
-def train_flops_per_sample(specs: list[dict], start: int) -> int:
-    """FLOPs a training sample costs layers ``specs`` (starting at global layer ``start``):
-    forward, the weight gradient, and the input gradient except for layer 0, whose
-    input (the data) needs none."""
-    total = 0
-    for i, spec in enumerate(specs):
-        fwd = layer_flops(spec)
-        total += fwd + fwd + (fwd if start + i > 0 else 0)
-    return total
-
-
 class ShardHost:
-    def __init__(self, settings: Settings, redis_url: str, device: str | None = None) -> None:
-        self.settings, self.redis_url, self.device = settings, redis_url, device
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings, self.redis_url = settings, redis_url
         self.shards: dict[str, Shard] = {}
         self.r = redis.Redis.from_url(redis_url)
         self.store = JobStore(self.r)
@@ -69,9 +41,9 @@ class ShardHost:
         if self.store.get(job_id)["status"] != "initializing":
             # A redelivered task of an initialization that is over must not replace a newer shard.
             return {"device_id": device_id, "skipped": "the job is not initializing"}
-        plan = StageShard.from_dict(shard)
+        plan = StageAssignment.from_dict(shard)
         model = ModelConfig.parse(model_config)
-        module = Shard(layer_specs(model), plan.start_layer, plan.end_layer, seed).to(pick_device(self.device))
+        module = Shard(layer_specs(model), plan.start_layer, plan.end_layer, seed).to(pick_device(self.settings.device))
         self.shards[job_id] = module
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
@@ -88,7 +60,7 @@ class ShardHost:
         if job.get("run_id") != spec.run_id or job["status"] != "training":
             return {"stage": stage, "skipped": f"run {spec.run_id} is not the job's active run"}
         # One execution per stage and run: a redelivered copy of this task (acks_late) is skipped.
-        if not self.r.set(f"{spec.prefix}:claimed:{stage}", socket.gethostname(), nx=True, ex=7 * 24 * 3600):
+        if not self.r.set(spec.keys.claimed(stage), socket.gethostname(), nx=True, ex=keys.RUN_TTL_S):
             return {"stage": stage, "skipped": f"stage {stage} of run {spec.run_id} already ran"}
         model = self.shards.get(spec.job_id)
         try:
@@ -106,12 +78,12 @@ class ShardHost:
         except Exception as e:
             self._fail(spec, f"stage {stage}: {type(e).__name__}: {e}")
             raise
-        if int(self.r.incr(f"{spec.prefix}:finished")) == spec.num_stages:
+        if int(self.r.incr(spec.keys.finished)) == spec.num_stages:
             self._complete(spec)
         return {"stage": stage, "finished": True}
 
     def _fail(self, spec: RunSpec, reason: str) -> None:
-        Abort(self.r, spec.prefix).set(reason)  # the other stages stop now, not at a timeout
+        RunLiveness(self.r, spec.keys).abort(reason)  # the other stages stop now, not at a timeout
         try:
             self.store.transition(
                 spec.job_id, "failed", allowed_from=("training",), expect={"run_id": spec.run_id}, error=reason
@@ -120,7 +92,7 @@ class ShardHost:
             pass
 
     def _complete(self, spec: RunSpec) -> None:
-        events = EventLog(self.r, spec.prefix).all()
+        events = EventLog(self.r, spec.keys).all()
         epochs = [e for e in events if e["type"] == "epoch"]
         stages = [e for e in events if e["type"] == "stage"]
         specs = layer_specs(spec.job.model)

