@@ -8,7 +8,14 @@ from flask.views import MethodView
 from arceus.keys import queue_for
 
 from .errors import Blueprint
-from .schemas import DeviceRegisterSchema
+from .schemas import (
+    DeviceRegisteredSchema,
+    DeviceRegisterSchema,
+    DeviceSchema,
+    DevicesSchema,
+    MessageSchema,
+    WorkersSchema,
+)
 
 blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Devices (one Celery queue each)")
 
@@ -16,7 +23,7 @@ blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Dev
 @blp.route("/register")
 class Register(MethodView):
     @blp.arguments(DeviceRegisterSchema)
-    @blp.response(201)
+    @blp.response(201, DeviceRegisteredSchema)
     def post(self, body):
         """Register a device for a job; its worker must listen on the returned queue."""
         store = current_app.extensions["arceus"].store
@@ -32,6 +39,7 @@ class Register(MethodView):
 
 @blp.route("")
 class Devices(MethodView):
+    @blp.response(200, DevicesSchema)
     def get(self):
         """All registered devices."""
         return {"devices": current_app.extensions["arceus"].store.devices()}
@@ -39,10 +47,12 @@ class Devices(MethodView):
 
 @blp.route("/<int:device_id>")
 class Device(MethodView):
+    @blp.response(200, DeviceSchema)
     def get(self, device_id):
         """One device: what its worker reported, and its queue."""
         return current_app.extensions["arceus"].store.get_device(device_id)
 
+    @blp.response(200, MessageSchema)
     def delete(self, device_id):
         """Unregister a device (not while its job initializes or trains)."""
         current_app.extensions["arceus"].store.delete_device(device_id)
@@ -54,6 +64,7 @@ workers_blp = Blueprint("workers", __name__, url_prefix="/api", description="Cel
 
 @workers_blp.route("/workers")
 class Workers(MethodView):
+    @workers_blp.response(200, WorkersSchema)
     def get(self):
         """The Celery workers that answer a ping now (name: device-N@host)."""
         replies = current_app.extensions["arceus"].celery.control.ping(timeout=1.0) or []

@@ -8,7 +8,15 @@ from flask.views import MethodView
 from arceus.config import JobConfig
 
 from .errors import Blueprint
-from .schemas import JobCreatedSchema, JobCreateSchema
+from .schemas import (
+    JobCreatedSchema,
+    JobCreateSchema,
+    JobSchema,
+    JobsSchema,
+    MessageSchema,
+    MetricsSchema,
+    TeraflopsSchema,
+)
 
 blp = Blueprint("jobs", __name__, url_prefix="/api", description="Training jobs")
 
@@ -47,6 +55,7 @@ class Jobs(MethodView):
         job_id = _control().store.create(config)
         return {"message": "Job created successfully", "job_id": job_id}
 
+    @blp.response(200, JobsSchema)
     def get(self):
         """All jobs, oldest first."""
         control = _control()
@@ -55,11 +64,13 @@ class Jobs(MethodView):
 
 @blp.route("/jobs/<job_id>")
 class Job(MethodView):
+    @blp.response(200, JobSchema)
     def get(self, job_id):
         """Status, devices, configs, progress (epoch/step), latest metrics and error reason."""
         control = _control()
         return _public(control.job(job_id), control)
 
+    @blp.response(200, MessageSchema)
     def delete(self, job_id):
         """Delete a job that is not initializing or training (and unregister its devices)."""
         _control().delete(job_id)
@@ -68,6 +79,7 @@ class Job(MethodView):
 
 @blp.route("/jobs/<job_id>/metrics")
 class Metrics(MethodView):
+    @blp.response(200, MetricsSchema)
     def get(self, job_id):
         """Per-epoch history and per-stage timings (compute, wait, send, bytes) of the job's last run."""
         return _control().metrics(job_id)
@@ -75,6 +87,7 @@ class Metrics(MethodView):
 
 @blp.route("/previous_teraflops")
 class Teraflops(MethodView):
+    @blp.response(200, TeraflopsSchema)
     def get(self):
         """Per-device achieved TFLOP/s of finished runs: the layers' real training FLOPs / compute seconds."""
         return {"teraflops": _control().store.teraflops()}

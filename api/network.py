@@ -8,7 +8,7 @@ from flask.views import MethodView
 from arceus.config import TrainConfig
 
 from .errors import Blueprint
-from .schemas import InitializeSchema, TrainSchema
+from .schemas import InitializedSchema, InitializeSchema, MessageSchema, TrainSchema, TrainStartedSchema
 
 blp = Blueprint("network", __name__, url_prefix="/api/network", description="Initialize, train and stop a job")
 
@@ -16,6 +16,7 @@ blp = Blueprint("network", __name__, url_prefix="/api/network", description="Ini
 @blp.route("/initialize/<job_id>")
 class Initialize(MethodView):
     @blp.arguments(InitializeSchema, required=False)
+    @blp.response(200, InitializedSchema)
     def post(self, body, job_id):
         """Partition the layers over the job's devices; every device's worker loads its shard."""
         result = current_app.extensions["arceus"].initialize(job_id, seed=(body or {}).get("seed", 0))
@@ -25,6 +26,7 @@ class Initialize(MethodView):
 @blp.route("/train/<job_id>")
 class Train(MethodView):
     @blp.arguments(TrainSchema, required=False)
+    @blp.response(200, TrainStartedSchema)
     def post(self, body, job_id):
         """Start training on the initialized devices; returns at once (follow GET /api/jobs/<job_id>)."""
         train = TrainConfig.parse(body or {})
@@ -35,6 +37,7 @@ class Train(MethodView):
 
 @blp.route("/stop/<job_id>")
 class Stop(MethodView):
+    @blp.response(200, MessageSchema)
     def post(self, job_id):
         """Stop a training job; every stage stops within a few seconds."""
         current_app.extensions["arceus"].stop(job_id)

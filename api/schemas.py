@@ -18,7 +18,24 @@ from arceus.config import (
     Option,
 )
 
-__all__ = ["DeviceRegisterSchema", "InitializeSchema", "JobCreateSchema", "JobCreatedSchema", "TrainSchema"]
+__all__ = [
+    "DeviceRegisterSchema",
+    "DeviceRegisteredSchema",
+    "DeviceSchema",
+    "DevicesSchema",
+    "InitializeSchema",
+    "InitializedSchema",
+    "JobCreateSchema",
+    "JobCreatedSchema",
+    "JobSchema",
+    "JobsSchema",
+    "MessageSchema",
+    "MetricsSchema",
+    "TeraflopsSchema",
+    "TrainSchema",
+    "TrainStartedSchema",
+    "WorkersSchema",
+]
 
 
 class _Strict(Schema):
@@ -97,6 +114,162 @@ class DeviceRegisterSchema(_Strict):
 
 
 # ------------------------------------------------------------------ responses
+class MessageSchema(Schema):
+    message = fields.String()
+    job_id = fields.String()
+    device_id = fields.Integer()
+
+
 class JobCreatedSchema(Schema):
     message = fields.String()
     job_id = fields.String()
+
+
+class DeviceSchema(DeviceRegisterSchema):
+    """A registered device: what its worker reported, and the queue it serves."""
+
+    device_id = fields.Integer()
+    queue = fields.String(metadata={"description": "the Celery queue its worker serves: device-<device_id>"})
+    registered_at = fields.Float(metadata={"description": "Unix time"})
+
+
+class DevicesSchema(Schema):
+    devices = fields.List(fields.Nested(DeviceSchema))
+
+
+class DeviceRegisteredSchema(Schema):
+    message = fields.String()
+    device_id = fields.Integer()
+    queue = fields.String()
+    worker_command = fields.String()
+
+
+class WorkersSchema(Schema):
+    workers = fields.List(fields.String(), metadata={"description": "device-N@host of each worker answering a ping"})
+
+
+class StagePlanSchema(Schema):
+    stage = fields.Integer()
+    start_layer = fields.Integer(metadata={"description": "first layer held (inclusive)"})
+    end_layer = fields.Integer(metadata={"description": "end of the layers held (exclusive)"})
+    device_id = fields.Integer(allow_none=True)
+
+
+class ShardLoadedSchema(Schema):
+    device_id = fields.Integer()
+    stage = fields.Integer()
+    start_layer = fields.Integer()
+    end_layer = fields.Integer()
+    parameters = fields.Integer()
+    torch_device = fields.String()
+
+
+class InitializedSchema(Schema):
+    message = fields.String()
+    job_id = fields.String()
+    plan = fields.List(fields.Nested(StagePlanSchema))
+    devices = fields.List(fields.Nested(ShardLoadedSchema))
+
+
+class TrainStartedSchema(Schema):
+    message = fields.String()
+    job_id = fields.String()
+    run_id = fields.String()
+    epochs = fields.Integer()
+    learning_rate = fields.Float()
+    train_config = fields.Nested(TrainSchema)
+
+
+class EpochSchema(Schema):
+    """One finished epoch, as the last stage reported it."""
+
+    type = fields.String()
+    time = fields.Float(metadata={"description": "Unix time the event was written"})
+    epoch = fields.Integer()
+    epochs = fields.Integer()
+    train_loss = fields.Float()
+    train_accuracy = fields.Float()
+    val_loss = fields.Float()
+    val_accuracy = fields.Float()
+    samples_per_s = fields.Float()
+    seconds = fields.Float(metadata={"description": "training seconds of the epoch (evaluation excluded)"})
+    samples = fields.Integer()
+
+
+class StageEpochSchema(Schema):
+    """One stage's timings and bytes over one epoch."""
+
+    type = fields.String()
+    time = fields.Float()
+    stage = fields.Integer()
+    epoch = fields.Integer()
+    compute_s = fields.Float()
+    codec_s = fields.Float(metadata={"description": "encoding and decoding the wire payloads"})
+    wait_s = fields.Float(metadata={"description": "waiting for a neighbour's message"})
+    send_s = fields.Float()
+    wall_s = fields.Float()
+    cpu_s = fields.Float()
+    utilization = fields.Float(metadata={"description": "(compute + codec) / wall"})
+    bytes_raw = fields.Integer(metadata={"description": "what the tensors sent would take as fp32"})
+    bytes_wire = fields.Integer(metadata={"description": "what was sent"})
+    messages = fields.Integer()
+    max_in_flight = fields.Integer(metadata={"description": "most micro-batches' activations held at once"})
+    peak_saved_mb = fields.Float(metadata={"description": "most MiB autograd kept for backward at once"})
+    peak_rss_mb = fields.Float()
+
+
+class ProgressSchema(Schema):
+    """The step the job is at, or (between epochs and once done) the last finished epoch."""
+
+    epoch = fields.Integer()
+    epochs = fields.Integer()
+    step = fields.Integer()
+    steps = fields.Integer()
+    loss = fields.Float()
+    accuracy = fields.Float()
+
+
+class JobSchema(Schema):
+    job_id = fields.String()
+    status = fields.String(
+        metadata={"description": "created, initializing, ready, training, completed, failed or stopped"}
+    )
+    error = fields.String(allow_none=True, metadata={"description": "why the job failed or stopped"})
+    model_config = fields.Nested(ModelConfigSchema)
+    dataset_config = fields.Nested(DatasetConfigSchema)
+    train_config = fields.Nested(TrainSchema, allow_none=True)
+    devices = fields.List(fields.Nested(DeviceSchema))
+    plan = fields.List(fields.Nested(StagePlanSchema), allow_none=True)
+    run_id = fields.String(allow_none=True)
+    created_at = fields.Float()
+    updated_at = fields.Float()
+    progress = fields.Nested(ProgressSchema)
+    latest_metrics = fields.Nested(EpochSchema)
+    final_metrics = fields.Nested(EpochSchema)
+
+
+class JobsSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema))
+
+
+class MetricsSchema(Schema):
+    job_id = fields.String()
+    run_id = fields.String(allow_none=True)
+    status = fields.String()
+    epochs = fields.List(fields.Nested(EpochSchema))
+    stages = fields.List(fields.Nested(StageEpochSchema))
+
+
+class TeraflopsRowSchema(Schema):
+    job_id = fields.String()
+    run_id = fields.String()
+    device_id = fields.Integer(allow_none=True)
+    stage = fields.Integer()
+    layers = fields.List(fields.Integer(), metadata={"description": "[start_layer, end_layer)"})
+    flops = fields.Integer(metadata={"description": "training FLOPs of the stage's layers over the run"})
+    compute_seconds = fields.Float()
+    teraflops = fields.Float()
+
+
+class TeraflopsSchema(Schema):
+    teraflops = fields.List(fields.Nested(TeraflopsRowSchema))

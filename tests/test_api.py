@@ -8,6 +8,8 @@ import pytest
 from cluster import Cluster, free_port
 from conftest import write_mnist
 
+from arceus.control.jobs import JobStore
+
 SEED_JOB = {
     "model_config": {"layer_sizes": [784, 128, 64, 10]},
     "dataset_config": {"name": "MNIST", "batch_size": 256, "val_batch_size": 1000,
@@ -44,7 +46,7 @@ def _initialize(c: Cluster, job_id: str) -> dict:
     return body
 
 
-def test_original_readme_flow_trains_the_seed_job(cluster):
+def test_original_readme_flow_trains_the_seed_job(cluster, r):
     job_id, devices = _job_with_workers(cluster)
     init = _initialize(cluster, job_id)
     assert [(s["start_layer"], s["end_layer"], s["device_id"]) for s in init["plan"]] == [
@@ -71,6 +73,13 @@ def test_original_readme_flow_trains_the_seed_job(cluster):
     assert 0 < stage0["teraflops"] < 10
     status, listing = cluster.call("GET", "/api/jobs")
     assert [j["job_id"] for j in listing["jobs"]] == [job_id]
+    # The response schemas serialize every field the store and the stages wrote, and drop none.
+    events = _events(r, f"arceus:job:{job_id}:run:{job['run_id']}")
+    assert metrics["epochs"] == [e for e in events if e["type"] == "epoch"]
+    assert metrics["stages"] == [e for e in events if e["type"] == "stage"]
+    assert job["final_metrics"] == metrics["epochs"][-1]
+    assert tf["teraflops"] == JobStore(r).teraflops()
+    assert cluster.call("GET", "/api/devices")[1]["devices"] == JobStore(r).devices() == job["devices"]
 
 
 def test_restarting_the_api_loses_nothing(cluster):
@@ -229,6 +238,28 @@ def test_flower_lists_the_workers(cluster):
             break
         time.sleep(0.5)
     assert [n.split("@")[0] for n in names] == [f"device-{d}" for d in devices]
+
+
+def test_openapi_document_describes_the_responses(cluster):
+    _, doc = cluster.call("GET", "/api/openapi.json")
+    schemas = doc["components"]["schemas"]
+
+    def response(path: str, method: str, status: str = "200") -> dict:
+        ref = doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+        return schemas[ref.rsplit("/", 1)[-1]]["properties"]
+
+    job = response("/api/jobs/{job_id}", "get")
+    assert {"status", "error", "devices", "plan", "progress", "latest_metrics", "final_metrics"} <= set(job)
+    metrics = response("/api/jobs/{job_id}/metrics", "get")
+    assert {"epochs", "stages"} <= set(metrics)
+    assert "items" in metrics["stages"] and "peak_saved_mb" in schemas["StageEpoch"]["properties"]
+    assert "devices" in response("/api/devices", "get")
+    assert "teraflops" in response("/api/previous_teraflops", "get")
+    assert "run_id" in response("/api/network/train/{job_id}", "post")
+    assert "plan" in response("/api/network/initialize/{job_id}", "post")
+    # Training options are documented with the defaults the API applies.
+    train = schemas["Train"]["properties"]
+    assert train["epochs"]["default"] == 10 and train["wire"]["enum"] == ["fp32", "fp16", "int8"]
 
 
 def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
