@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from arceus import keys
 from arceus.engine.idx import write_synthetic_mnist
 from arceus.launch.redis_server import EmbeddedRedis
 from arceus.settings import Settings
@@ -48,3 +49,13 @@ def settings(tmp_path) -> Settings:
 
 def write_mnist(root: Path, name: str = "MNIST", n_train: int = 6000, n_val: int = 1000) -> None:
     write_synthetic_mnist(root, name, n_train, n_val)
+
+
+# Celery's own bookkeeping in Redis: bindings, task results, unacknowledged tasks.
+CELERY_KEYS = ("_kombu.", "celery-task-meta-", "unacked")
+
+
+def unlisted_keys(r: redis.Redis) -> list[str]:
+    """Keys in Redis that ``arceus.keys.LAYOUT`` does not list (Celery's own left out)."""
+    found = (k.decode() for k in r.scan_iter(count=1000))
+    return [k for k in found if keys.describe(k) is None and not k.startswith(CELERY_KEYS)]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from cluster import Cluster, free_port
-from conftest import write_mnist
+from conftest import unlisted_keys, write_mnist
 
 from arceus.control.jobs import JobStore
 
@@ -80,6 +80,7 @@ def test_original_readme_flow_trains_the_seed_job(cluster, r):
     assert job["final_metrics"] == metrics["epochs"][-1]
     assert tf["teraflops"] == JobStore(r).teraflops()
     assert cluster.call("GET", "/api/devices")[1]["devices"] == JobStore(r).devices() == job["devices"]
+    assert not unlisted_keys(r)  # every key the API, the workers and the stages wrote is in arceus.keys
 
 
 def test_restarting_the_api_loses_nothing(cluster):
@@ -193,6 +194,23 @@ def test_errors_are_json_with_the_right_status(cluster):
     assert status == 413
     status, resp = c.call("POST", "/api/jobs", raw=b"{not json")
     assert status == 400
+
+
+def test_a_run_its_stages_would_refuse_is_refused_before_it_starts(cluster, r):
+    """Activations over the payload limit (batch 65,536 x 2,048 wide) would fail every stage:
+    the API says so at once, and the job stays ready."""
+    job = {"model_config": {"layer_sizes": [784, 2048, 10]}, "dataset_config": {"batch_size": 65536}}
+    _, body = cluster.call("POST", "/api/jobs", job)
+    job_id = body["job_id"]
+    _, dev = cluster.call("POST", "/api/devices/register", {"job_id": job_id})
+    store = JobStore(r)  # stands in for a worker confirming its shard
+    store.transition(job_id, "initializing")
+    store.transition(job_id, "ready", plan=[{"stage": 0, "start_layer": 0, "end_layer": 2,
+                                             "device_id": dev["device_id"]}])  # fmt: skip
+    status, resp = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})
+    assert status == 400, resp
+    assert resp["message"].startswith("dataset_config.val_batch_size: a batch of 65536 rows x 2048 features")
+    assert cluster.call("GET", f"/api/jobs/{job_id}")[1]["status"] == "ready"
 
 
 def test_initialize_without_a_worker_times_out_with_advice(redis_url, tmp_path):

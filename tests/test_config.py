@@ -43,3 +43,50 @@ def test_bad_train_configs_name_the_field(raw, field):
     with pytest.raises(ConfigError) as e:
         TrainConfig.parse(raw)
     assert e.value.field == field
+
+
+def test_training_defaults_have_one_source():
+    """TrainConfig, the API's schema and the CLI's flags all come from config.TRAIN_OPTIONS."""
+    from api.schemas import TrainSchema
+    from arceus.cli import _parser
+    from arceus.cli.options import train_config
+
+    assert TrainSchema().load({}) == TrainConfig().to_dict()
+    assert train_config(_parser().parse_args(["train"])) == TrainConfig()
+    demo = _parser().parse_args(["demo"])
+    assert (demo.epochs, demo.learning_rate, demo.wire) == (10, 0.1, "int8")
+    # A value out of range is refused the same way by all three.
+    with pytest.raises(ConfigError, match="micro_batches: must be between 1 and 1024"):
+        train_config(_parser().parse_args(["train", "--micro-batches", "0"]))
+    assert set(TrainSchema().validate({"micro_batches": 0})) == {"micro_batches"}
+    assert set(TrainSchema().validate({"learning_rate": 0})) == {"learning_rate"}  # > 0, as TrainConfig
+
+
+def test_name_tables_match_their_registries():
+    from arceus.config import SCHEDULES, WIRE_CODECS
+    from arceus.plan.schedule import SCHEDULES as SCHEDULE_FUNCTIONS
+    from arceus.wire import CODECS
+    from arceus.wire.codecs import BlockInt8
+
+    assert set(WIRE_CODECS.values()) <= set(CODECS)
+    assert SCHEDULES == tuple(SCHEDULE_FUNCTIONS)
+    # The codec registered as int8 is what BlockInt8() makes by default.
+    default, registered = BlockInt8(), CODECS["int8"]
+    assert (default.block, default.asymmetric) == (registered.block, registered.asymmetric) == (64, True)
+
+
+def test_settings_come_from_the_environment_and_go_back_to_it(tmp_path):
+    from arceus.settings import Settings
+
+    env = {"ARCEUS_REDIS_URL": "redis://h:1/0", "ARCEUS_DATA_DIR": str(tmp_path), "ARCEUS_THREADS": "2",
+           "ARCEUS_DEVICE": "cpu", "ARCEUS_RECV_TIMEOUT": "7.5", "ARCEUS_DOWNLOAD": "1",
+           "ARCEUS_API_URL": "http://h:4000", "ARCEUS_REDIS_SERVER": "/opt/redis-server"}  # fmt: skip
+    s = Settings.from_env(env)
+    assert (s.redis_url, s.data_dir, s.threads, s.device, s.recv_timeout_s, s.download) == (
+        "redis://h:1/0", tmp_path, 2, "cpu", 7.5, True
+    )  # fmt: skip
+    assert (s.api_url, s.redis_server) == ("http://h:4000", "/opt/redis-server")
+    assert Settings.from_env(s.to_env()) == s
+    assert Settings.from_env({}) == Settings()
+    with pytest.raises(ConfigError, match="ARCEUS_THREADS: must be a number, got 'many'"):
+        Settings.from_env({"ARCEUS_THREADS": "many"})
