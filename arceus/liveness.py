@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import redis
 
 from . import keys
-from .errors import RunAborted
+from .errors import RunAborted, StageTimeout
 
 __all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "RunLiveness"]
 
@@ -71,6 +72,16 @@ class RunLiveness:
                 reason = f"stage {s} stopped responding (no heartbeat for {HEARTBEAT_TTL_S:.0f}s): its worker was lost"
                 self.abort(reason)
                 raise RunAborted(self.reason() or reason)
+
+    def wait_for_stages(self, num_stages: int, timeout_s: float, who: str) -> None:
+        """The run's start barrier: count this stage in, then wait until all ``num_stages`` are."""
+        self.r.incr(self.run.ready)
+        deadline = time.monotonic() + timeout_s
+        while int(self.r.get(self.run.ready) or 0) < num_stages:
+            self.check()
+            if time.monotonic() > deadline:
+                raise StageTimeout(f"{who} waited {timeout_s:.0f}s for the other stages")
+            time.sleep(0.01)
 
     @contextlib.contextmanager
     def heartbeat(self, stage: int, who: str) -> Iterator[None]:

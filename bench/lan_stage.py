@@ -13,8 +13,8 @@ from pathlib import Path
 
 import redis
 
-from arceus.engine.stage import run_stage
 from arceus.events import EventLog
+from arceus.launch.stages import run_stage
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
 

@@ -1,4 +1,5 @@
-"""What a stage measures: time and bytes per epoch, loss and accuracy sums, peak memory."""
+"""What a stage measures: time and bytes per epoch, loss and accuracy sums, peak memory,
+and the progress and epoch events the last stage writes from them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["EpochStats", "StageMetrics", "peak_rss_mb"]
+from ..events import EventLog
+
+__all__ = ["EpochReport", "EpochStats", "StageMetrics", "peak_rss_mb"]
+
+PROGRESS_EVERY_S = 0.5
 
 
 @dataclass
@@ -82,3 +87,33 @@ class EpochStats:
     @property
     def accuracy(self) -> float:
         return self.correct / max(self.samples, 1)
+
+
+class EpochReport:
+    """The last stage's sums over an epoch's training and evaluation, and the events made of
+    them: ``progress`` at most every ``PROGRESS_EVERY_S`` (the first step at once) and
+    ``epoch`` once the epoch's evaluation is done."""
+
+    def __init__(self, events: EventLog, epochs: int) -> None:
+        self.events, self.epochs = events, epochs
+        self.train, self.val = EpochStats(), EpochStats()
+        self._last_progress = 0.0
+
+    def train_step(self, header: dict, step: EpochStats) -> None:
+        self.train.merge(step)
+        if time.monotonic() - self._last_progress > PROGRESS_EVERY_S:
+            self._last_progress = time.monotonic()
+            self.events.emit(
+                "progress", epoch=header["epoch"] + 1, step=header["i"] + 1, steps=header["steps"],
+                loss=step.loss, accuracy=step.accuracy, samples=self.train.samples,
+            )  # fmt: skip
+
+    def epoch_done(self, header: dict) -> None:
+        """``header`` is the ``eval_end`` marker's: it carries the epoch's training seconds."""
+        secs, train, val = header["train_seconds"], self.train, self.val
+        self.events.emit(
+            "epoch", epoch=header["epoch"] + 1, epochs=self.epochs,
+            train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
+            samples_per_s=train.samples / secs if secs > 0 else 0.0, seconds=secs, samples=train.samples,
+        )  # fmt: skip
+        self.train, self.val = EpochStats(), EpochStats()

@@ -14,10 +14,23 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..config import DatasetConfig, TrainConfig
-from .data import Dataset, batch_indices
+from ..errors import ConfigError
+from ..settings import Settings
+from .data import Dataset, batch_indices, load_dataset
 from .messages import Msg
 
-__all__ = ["dataset_messages", "prefetched"]
+__all__ = ["dataset_messages", "prefetched", "training_data"]
+
+
+def training_data(dataset: DatasetConfig, settings: Settings, in_features: int) -> Dataset:
+    """Stage 0's dataset, checked against the width of the model's first layer."""
+    data = load_dataset(dataset, settings.data_dir, settings.download)
+    if data.num_features != in_features:
+        raise ConfigError(
+            "model_config.layer_sizes[0]",
+            f"dataset {dataset.name} has {data.num_features} features per sample but layer 0 takes {in_features}",
+        )
+    return data
 
 
 def dataset_messages(data: Dataset, dataset: DatasetConfig, train: TrainConfig, device: torch.device) -> Iterator[Msg]:

@@ -21,27 +21,25 @@ import redis
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, ProtocolError, RunAborted, StageTimeout, TrainingDiverged
+from ..errors import ConfigError, ProtocolError, RunAborted, TrainingDiverged
 from ..events import EventLog
 from ..liveness import HEARTBEAT_S, RunLiveness
 from ..plan.runspec import RunSpec
 from ..plan.schedule import SCHEDULES
 from ..settings import Settings
-from ..wire import decode, encode
-from .data import Dataset, load_dataset
+from ..wire import encode
 from .device import pick_device
 from .links import StageLinks
 from .messages import Msg
-from .metrics import EpochStats
+from .metrics import EpochReport, EpochStats
 from .model import Shard, layer_specs
 from .optim import make_optimizer
 from .saved import SavedTensorMeter
-from .source import dataset_messages
+from .source import dataset_messages, training_data
 
-__all__ = ["StageRunner", "read_weights", "run_stage"]
+__all__ = ["StageRunner"]
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_S = 0.5
 
 
 @dataclass
@@ -56,15 +54,7 @@ class _Step:
 
 
 class StageRunner:
-    def __init__(
-        self,
-        spec: RunSpec,
-        stage: int,
-        r: redis.Redis,
-        settings: Settings,
-        data: Dataset | None = None,
-        model: Shard | None = None,
-    ) -> None:
+    def __init__(self, spec: RunSpec, stage: int, r: redis.Redis, settings: Settings, model: Shard | None = None):
         self.spec, self.stage, self.r, self.settings = spec, stage, r, settings
         shard = spec.stages[stage]
         self.first, self.last = stage == 0, stage == spec.num_stages - 1
@@ -73,27 +63,16 @@ class StageRunner:
         # A worker passes the shard it holds in memory, on the device it chose; otherwise
         # build the shard from the seed on the run's device.
         if model is None:
-            self.device = pick_device(spec.device_for(stage))
             model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
+            model.to(pick_device(spec.device_for(stage)))
         elif (model.start, model.end) != (shard.start_layer, shard.end_layer):
             raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")
-        else:
-            self.device = next(model.parameters()).device
-        self.model = model.to(self.device)
-        self.opt = make_optimizer(self.model.parameters(), spec.train)
-        self.saved = SavedTensorMeter(self.model.parameters())
+        self.model, self.device = model, next(model.parameters()).device
+        self.opt = make_optimizer(model.parameters(), spec.train)
+        self.saved = SavedTensorMeter(model.parameters())
         self.schedule = SCHEDULES[spec.train.schedule]
-        self.liveness = RunLiveness(r, spec.keys)
-        self.events = EventLog(r, spec.keys)
-        self.data = data
-        if self.first and self.data is None:
-            self.data = load_dataset(spec.job.dataset, settings.data_dir, settings.download)
-        if self.first and self.data.num_features != self.model.in_features:
-            raise ConfigError(
-                "model_config.layer_sizes[0]",
-                f"dataset {spec.job.dataset.name} has {self.data.num_features} features per sample "
-                f"but layer 0 takes {self.model.in_features}",
-            )
+        self.liveness, self.events = RunLiveness(r, spec.keys), EventLog(r, spec.keys)
+        self.data = training_data(spec.job.dataset, settings, model.in_features) if self.first else None
         self.links = StageLinks(r, spec, stage, settings, self.liveness, self.who, self.device)
 
     # ----------------------------------------------------------------- main loop
@@ -101,7 +80,8 @@ class StageRunner:
         try:
             with self.liveness.heartbeat(self.stage, self.who):
                 self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
-                self._wait_for_all_stages()
+                # A barrier, so epoch 1's figures do not include a neighbour importing torch or loading data.
+                self.liveness.wait_for_stages(self.spec.num_stages, self.settings.recv_timeout_s, self.who)
                 self.liveness.watch([s for s in range(self.spec.num_stages) if s != self.stage])
                 self.links.reset_metrics()
                 self._loop()
@@ -117,17 +97,6 @@ class StageRunner:
         finally:
             self.links.close()
 
-    def _wait_for_all_stages(self) -> None:
-        """A barrier, so epoch 1's figures do not include a neighbour importing torch or loading data."""
-        key = self.spec.keys.ready
-        self.r.incr(key)
-        deadline = time.monotonic() + self.settings.recv_timeout_s
-        while int(self.r.get(key) or 0) < self.spec.num_stages:
-            self.liveness.check()
-            if time.monotonic() > deadline:
-                raise StageTimeout(f"{self.who} waited {self.settings.recv_timeout_s:.0f}s for the other stages")
-            time.sleep(0.01)
-
     def _messages(self) -> Iterator[Msg]:
         if self.first:
             return dataset_messages(self.data, self.spec.job.dataset, self.spec.train, self.device)
@@ -135,8 +104,8 @@ class StageRunner:
 
     def _loop(self) -> None:
         msgs = self._messages()
-        train_stats, val_stats = EpochStats(), EpochStats()
-        last_progress, last_check = 0.0, time.monotonic()  # the first step reports at once
+        report = EpochReport(self.events, self.spec.train.epochs)  # written by the last stage only
+        last_check = time.monotonic()
         for msg in msgs:
             if time.monotonic() - last_check > HEARTBEAT_S:  # a busy stage notices a stop too
                 last_check = time.monotonic()
@@ -146,36 +115,19 @@ class StageRunner:
             if kind == "train":
                 step_stats = self._train_step(msg, msgs)
                 if self.last:
-                    train_stats.merge(step_stats)
-                    if time.monotonic() - last_progress > PROGRESS_EVERY_S:
-                        last_progress = time.monotonic()
-                        self.events.emit(
-                            "progress", epoch=h["epoch"] + 1, step=h["i"] + 1, steps=h["steps"],
-                            loss=step_stats.loss, accuracy=step_stats.accuracy, samples=train_stats.samples,
-                        )  # fmt: skip
+                    report.train_step(h, step_stats)
             elif kind == "eval":
-                self._eval_batch(msg, val_stats)
+                self._eval_batch(msg, report.val)
             else:
                 if not self.last:
                     self.links.send_forward(h, None, None, f"marker {kind}")
                 if kind == "epoch_end":
                     self.events.emit("stage", stage=self.stage, epoch=h["epoch"] + 1, **self.links.metrics.snapshot())
-                    self.links.reset_metrics()
-                elif kind == "eval_end":
-                    if self.last:
-                        self._emit_epoch(h, train_stats, val_stats)
-                    train_stats, val_stats = EpochStats(), EpochStats()
-                    self.links.reset_metrics()
-                elif kind == "end":
+                elif kind == "eval_end" and self.last:
+                    report.epoch_done(h)
+                if kind == "end":
                     return
-
-    def _emit_epoch(self, h: dict, train: EpochStats, val: EpochStats) -> None:
-        secs = h["train_seconds"]
-        self.events.emit(
-            "epoch", epoch=h["epoch"] + 1, epochs=self.spec.train.epochs,
-            train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
-            samples_per_s=train.samples / secs if secs > 0 else 0.0, seconds=secs, samples=train.samples,
-        )  # fmt: skip
+                self.links.reset_metrics()  # epoch_end and eval_end each close a period of figures
 
     # ----------------------------------------------------------------- compute
     def _train_step(self, first: Msg, msgs: Iterator[Msg]) -> EpochStats:
@@ -257,20 +209,3 @@ class StageRunner:
         """Final parameters into the run's weights hash (lossless payloads), for tests and export."""
         state = {k: encode(v.detach().cpu(), "raw") for k, v in self.model.state_dict().items()}
         self.r.hset(self.spec.keys.weights, mapping=state)
-
-
-def read_weights(r: redis.Redis, spec: RunSpec) -> dict[str, torch.Tensor]:
-    """The final parameters all stages published, keyed as in the unsplit model's state_dict."""
-    return {k.decode(): decode(v) for k, v in r.hgetall(spec.keys.weights).items()}
-
-
-def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
-    """Entry point of a stage process (the engine-only launcher runs one per stage)."""
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    spec = RunSpec.from_dict(spec_dict)
-    r = redis.Redis.from_url(redis_url)
-    try:
-        StageRunner(spec, stage, r, settings).run()
-    finally:
-        r.close()

@@ -16,17 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import redis
+import torch
 
 from .. import keys
 from ..config import JobConfig, TrainConfig
-from ..engine.stage import read_weights, run_stage
+from ..engine.stage import StageRunner
 from ..errors import RunFailed
 from ..events import EventLog
 from ..liveness import RunLiveness
 from ..plan.runspec import RunSpec
 from ..settings import Settings
+from ..wire import decode
 
-__all__ = ["RunResult", "train_local"]
+__all__ = ["RunResult", "read_weights", "run_stage", "train_local"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,23 @@ class RunResult:
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     weights: dict = field(default_factory=dict)
+
+
+def read_weights(r: redis.Redis, spec: RunSpec) -> dict[str, torch.Tensor]:
+    """The final parameters all stages published, keyed as in the unsplit model's state_dict."""
+    return {k.decode(): decode(v) for k, v in r.hgetall(spec.keys.weights).items()}
+
+
+def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
+    """Entry point of a stage process (``train_local`` starts one per stage; bench.lan too)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    spec = RunSpec.from_dict(spec_dict)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        StageRunner(spec, stage, r, settings).run()
+    finally:
+        r.close()
 
 
 def _stage_process(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
