@@ -18,7 +18,7 @@ from arceus.config import JobConfig, TrainConfig
 from arceus.control.jobs import JobStore
 from arceus.errors import ArceusError, Conflict, UpstreamError
 from arceus.events import EventLog
-from arceus.keys import RunKeys, queue_for
+from arceus.keys import UNLOAD_EXPIRES_S, RunKeys, queue_for
 from arceus.liveness import RunLiveness
 from arceus.plan.partition import StageAssignment, plan
 from arceus.plan.runspec import RunSpec
@@ -133,7 +133,9 @@ class Control:
         devices = self.store.get(job_id)["devices"]
         self.store.delete(job_id)
         for d in devices:  # free the workers' memory; a worker that is gone has nothing to free
-            self.celery.send_task(UNLOAD_SHARD, args=[job_id], queue=queue_for(d["device_id"]), expires=3600)
+            self.celery.send_task(
+                UNLOAD_SHARD, args=[job_id], queue=queue_for(d["device_id"]), expires=UNLOAD_EXPIRES_S
+            )
 
     def progress(self, job: dict) -> dict:
         """Latest epoch row and step of the job's current (or last) run."""

@@ -19,7 +19,8 @@ class Initialize(MethodView):
     @blp.response(200, InitializedSchema)
     def post(self, body, job_id):
         """Partition the layers over the job's devices; every device's worker loads its shard."""
-        result = current_app.extensions["arceus"].initialize(job_id, seed=(body or {}).get("seed", 0))
+        seed = (body or InitializeSchema().load({}))["seed"]
+        result = current_app.extensions["arceus"].initialize(job_id, seed=seed)
         return {"message": "Network initialized successfully", "job_id": job_id, **result}
 
 

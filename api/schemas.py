@@ -93,7 +93,7 @@ class InitializeSchema(_Strict):
     seed = fields.Integer(
         strict=True,
         validate=validate.Range(TRAIN_OPTIONS["seed"].low, TRAIN_OPTIONS["seed"].high),
-        load_default=0,
+        load_default=TRAIN_OPTIONS["seed"].default,
         metadata={"description": "seeds every layer's initial weights"},
     )
 

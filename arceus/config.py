@@ -7,6 +7,7 @@ table of training options: ``TrainConfig``'s defaults, the API's marshmallow sch
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "DATASETS",
     "SCHEDULES",
     "SEED_JOB",
+    "seed_job",
     "TRAIN_OPTIONS",
     "WIRE_CODECS",
     "DatasetConfig",
@@ -37,6 +39,7 @@ MAX_BATCH = 1 << 16
 MAX_SEED = 2**31 - 1
 
 # The job of the original Arceus README: what `arceus demo` and `arceus train` run by default.
+# Read-only: seed_job() gives a copy to change.
 SEED_JOB: dict = {
     "model_config": {"layer_sizes": [784, 128, 64, 10]},
     "dataset_config": {
@@ -46,6 +49,11 @@ SEED_JOB: dict = {
         "normalize": {"mean": [0.1307], "std": [0.3081]},
     },
 }
+
+
+def seed_job() -> dict:
+    """A fresh copy of ``SEED_JOB``, safe to change."""
+    return copy.deepcopy(SEED_JOB)
 
 
 def _check_keys(field_name: str, data: Any, allowed: set[str]) -> dict:

@@ -1,5 +1,7 @@
 """Every Redis key, queue name and expiry Arceus uses: the protocol between its processes.
 
+(The heartbeat's short expiry is liveness policy and lives with it, in ``arceus.liveness``.)
+
 The API, the workers and the stages run on different machines and only share Redis, so
 the names below are a wire format. ``LAYOUT`` lists them all (``tests/test_keys.py``
 checks it against what a real run leaves in Redis); change a name here and every process
@@ -16,6 +18,7 @@ import fnmatch
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "DEVICES",
     "DEVICE_SEQ",
     "JOBS",
@@ -23,12 +26,14 @@ __all__ = [
     "RESULTS_TTL_S",
     "RUN_TTL_S",
     "TERAFLOPS",
+    "UNLOAD_EXPIRES_S",
     "RunKeys",
     "credit",
     "device",
     "describe",
     "job",
     "job_devices",
+    "job_pattern",
     "queue_for",
 ]
 
@@ -39,16 +44,24 @@ RUN_TTL_S = 7 * 24 * 3600
 # What readers collect after a run (events and weights of a local run, a finished stage's
 # heartbeat, Celery task results): a day.
 RESULTS_TTL_S = 24 * 3600
+# An unload task (free a deleted job's shard) left in the queue of a worker that is gone.
+UNLOAD_EXPIRES_S = 3600
 
 JOBS = f"{NAMESPACE}:jobs"  # sorted set: job id -> creation time
 DEVICES = f"{NAMESPACE}:devices"  # set of device ids
 DEVICE_SEQ = f"{NAMESPACE}:device:seq"  # counter: the next device id
 TERAFLOPS = f"{NAMESPACE}:teraflops"  # list of JSON rows, one per stage of a finished run
+DEFAULT_QUEUE = NAMESPACE  # Celery's queue for a task sent to no device (none is, today)
 
 
 def job(job_id: str) -> str:
     """Hash: the job's status, config, plan, run id, error, timestamps."""
     return f"{NAMESPACE}:job:{job_id}"
+
+
+def job_pattern(job_id: str) -> str:
+    """Glob matching every key under the job's: its devices set and all its runs' keys."""
+    return f"{job(job_id)}:*"
 
 
 def job_devices(job_id: str) -> str:
@@ -141,6 +154,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (device("*"), "string", "a device's JSON record"),
     (TERAFLOPS, "list", "per-stage TFLOP/s of finished runs"),
     (queue_for("*"), "list", "a device's Celery queue"),
+    (DEFAULT_QUEUE, "list", "Celery's default queue"),
     (_RUN.fwd("*"), "stream", "activations into a stage"),
     (_RUN.bwd("*"), "stream", "gradients into a stage"),
     (credit(_RUN.fwd("*")), "list", "credits back to the sender of activations"),

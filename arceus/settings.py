@@ -7,6 +7,8 @@ that starts another hands its settings on with ``to_env()``.
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -52,15 +54,17 @@ class Settings:
         """Defaults, then the ``ARCEUS_*`` variables of ``env`` (the process's), then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
             name = f.metadata.get("env")
             if name and env.get(name):
-                values[f.name] = _parse(f.type, name, env[name])
+                values[f.name] = _parse(hints[f.name], name, env[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
     def to_env(self) -> dict[str, str]:
-        """The ``ARCEUS_*`` variables that give a child process these settings."""
+        """These settings as ``ARCEUS_*`` variables: each one that has a variable and is not None
+        (``launch.procs.child_environment`` hands them to a child process)."""
         out = {}
         for f in fields(self):
             name, value = f.metadata.get("env"), getattr(self, f.name)
@@ -69,14 +73,15 @@ class Settings:
         return out
 
 
-def _parse(kind: str, name: str, raw: str) -> object:
-    try:
-        if "bool" in kind:
-            return raw.lower() in ("1", "true", "yes")
-        if "int" in kind:
-            return int(raw)
-        if "float" in kind:
-            return float(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a number, got {raw!r}") from None
-    return Path(raw).expanduser() if "Path" in kind else raw
+def _parse(hint: object, name: str, raw: str) -> object:
+    """``raw`` as the field's type (``X | None`` as X)."""
+    if isinstance(hint, types.UnionType):
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    if hint is bool:
+        return raw.lower() in ("1", "true", "yes")
+    if hint in (int, float):
+        try:
+            return hint(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    return Path(raw).expanduser() if hint is Path else raw

@@ -29,6 +29,7 @@ from pathlib import Path
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
 from arceus.launch.redis_server import find_redis_server
 from arceus.plan.runspec import RunSpec
+from arceus.settings import Settings
 
 from .common import last_epoch_busy, median_rate
 
@@ -89,7 +90,8 @@ def run_arceus(
     sizes: list[int], stages: int, wire: str, schedule: str, m: int, epochs: int, tmp: Path, timeout_s: float
 ) -> dict:
     redis_ns, _, redis_addr = host((stages - 1) // 2)
-    redis_proc = in_ns(redis_ns, find_redis_server(), "--bind", redis_addr, "--port", str(REDIS_PORT), "--save", "",
+    server = find_redis_server(Settings.from_env().redis_server)
+    redis_proc = in_ns(redis_ns, server, "--bind", redis_addr, "--port", str(REDIS_PORT), "--save", "",
                        "--appendonly", "no", "--protected-mode", "no", stdout=subprocess.DEVNULL)  # fmt: skip
     time.sleep(0.5)
     try:

@@ -13,7 +13,7 @@ about 16 KB a sample on every stage, 64 MB per stage for a batch of 4096.
 
 Each run is one epoch of a learnable MNIST-format set of two batches, each stage a fresh
 process, so ``peak_rss_mb`` (the stage's ru_maxrss) covers that run alone; ``peak_saved_mb``
-is the most autograd held for backward at once (arceus.saved). Prints JSON rows and a
+is the most autograd held for backward at once (arceus.engine.saved). Prints JSON rows and a
 table: per stage and schedule, micro-batches held at once, saved activations, peak RSS.
 """
 

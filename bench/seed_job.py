@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from arceus.config import SEED_JOB, JobConfig, TrainConfig
+from arceus.config import JobConfig, TrainConfig, seed_job
 from arceus.engine.data import load_dataset
 from arceus.engine.reference import train_reference
 from arceus.launch.redis_server import redis_for
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--synthetic", type=int, metavar="N", help="write a learnable MNIST-format set of N samples")
     args = p.parse_args()
 
-    raw = json.loads(json.dumps(SEED_JOB))
+    raw = seed_job()
     raw["dataset_config"]["name"] = args.dataset
     job = JobConfig.parse(raw)
     settings = Settings.from_env()

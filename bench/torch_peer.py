@@ -1,7 +1,7 @@
 """PyTorch's own pipelining (torch.distributed.pipelining, gloo, one process per stage) on
 the same layers, batch, micro-batches and learning rate: the peer Arceus is measured against.
 
-Written fresh for this benchmark; each rank builds its layers with arceus.model.Shard (the
+Written fresh for this benchmark; each rank builds its layers with arceus.engine.model.Shard (the
 same init), gets the same partition, and trains ``steps`` mini-batches after ``warmup``.
 """
 

@@ -22,7 +22,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 @pytest.fixture(scope="session")
 def redis_server():
-    with EmbeddedRedis() as server:
+    with EmbeddedRedis(binary=Settings.from_env().redis_server) as server:
         yield server
 
 

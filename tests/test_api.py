@@ -9,6 +9,8 @@ from cluster import Cluster, free_port
 from conftest import unlisted_keys, write_mnist
 
 from arceus.control.jobs import JobStore
+from arceus.events import EventLog
+from arceus.keys import RunKeys
 
 SEED_JOB = {
     "model_config": {"layer_sizes": [784, 128, 64, 10]},
@@ -74,7 +76,7 @@ def test_original_readme_flow_trains_the_seed_job(cluster, r):
     status, listing = cluster.call("GET", "/api/jobs")
     assert [j["job_id"] for j in listing["jobs"]] == [job_id]
     # The response schemas serialize every field the store and the stages wrote, and drop none.
-    events = _events(r, f"arceus:job:{job_id}:run:{job['run_id']}")
+    events = _events(r, RunKeys(job_id, job["run_id"]))
     assert metrics["epochs"] == [e for e in events if e["type"] == "epoch"]
     assert metrics["stages"] == [e for e in events if e["type"] == "stage"]
     assert job["final_metrics"] == metrics["epochs"][-1]
@@ -107,9 +109,9 @@ def test_stop_ends_training_within_seconds(cluster, r):
     t0 = time.monotonic()
     status, body = cluster.call("POST", f"/api/network/stop/{job_id}")
     assert status == 200 and body["message"] == "Training stopped"
-    prefix = f"arceus:job:{job_id}:run:{job['run_id']}"
+    run = RunKeys(job_id, job["run_id"])
     while time.monotonic() - t0 < 10:  # every stage's task has ended
-        errors = [e for e in _events(r, prefix) if e["type"] == "error"]
+        errors = [e for e in _events(r, run) if e["type"] == "error"]
         if len(errors) == 3:
             break
         time.sleep(0.2)
@@ -139,10 +141,8 @@ def test_a_killed_worker_fails_the_job_with_a_reason(cluster):
     assert time.monotonic() - t0 < 20
 
 
-def _events(r, prefix):
-    import json
-
-    return [json.loads(f[b"e"]) for _, f in r.xrange(f"{prefix}:events")]
+def _events(r, run: RunKeys) -> list[dict]:
+    return EventLog(r, run).all()
 
 
 @pytest.mark.parametrize(

@@ -90,3 +90,17 @@ def test_settings_come_from_the_environment_and_go_back_to_it(tmp_path):
     assert Settings.from_env({}) == Settings()
     with pytest.raises(ConfigError, match="ARCEUS_THREADS: must be a number, got 'many'"):
         Settings.from_env({"ARCEUS_THREADS": "many"})
+
+
+def test_a_child_process_gets_exactly_our_settings(monkeypatch):
+    import os
+
+    from arceus.launch.procs import child_environment
+    from arceus.settings import Settings
+
+    monkeypatch.setenv("ARCEUS_THREADS", "9")  # inherited, but not one of the settings we hand on
+    monkeypatch.setenv("ARCEUS_DEVICE", "mps")
+    env = child_environment(Settings(redis_url="redis://h:1/0", device="cpu"))
+    assert "ARCEUS_THREADS" not in env and env["ARCEUS_DEVICE"] == "cpu"
+    assert env["ARCEUS_REDIS_URL"] == "redis://h:1/0" and env["PATH"] == os.environ["PATH"]
+    assert Settings.from_env(env) == Settings(redis_url="redis://h:1/0", device="cpu")

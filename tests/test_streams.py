@@ -4,6 +4,7 @@ import time
 import pytest
 import redis
 
+from arceus import keys
 from arceus.engine.streams import POLL_S, Receiver, Sender
 from arceus.errors import RunAborted, StageTimeout
 from arceus.keys import RunKeys
@@ -38,12 +39,12 @@ def test_messages_arrive_in_order_and_are_deleted_once_taken(r):
     got = [rx.recv("test")[1][b"i"] for _ in range(2)]
     assert got == [b"0", b"1"]
     # Each entry handed out is deleted (and its credit returned) with the read of the next.
-    assert _eventually(lambda: r.xlen("t:fwd:1") == 1 and r.llen("t:fwd:1:credit") == 2)
+    assert _eventually(lambda: r.xlen("t:fwd:1") == 1 and r.llen(keys.credit("t:fwd:1")) == 2)
     assert rx.recv("test")[1][b"i"] == b"2"
     assert _eventually(lambda: r.xlen("t:fwd:1") == 0)
     tx.close()
     rx.close()
-    assert not r.exists("t:fwd:1") and not r.exists("t:fwd:1:credit")
+    assert not r.exists("t:fwd:1") and not r.exists(keys.credit("t:fwd:1"))
 
 
 def test_a_send_does_not_wait_for_redis_but_its_error_is_raised(r):

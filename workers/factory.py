@@ -40,7 +40,7 @@ def make_celery(settings: Settings) -> Celery:
         # and the worker keeps answering heartbeats and Flower while a stage trains.
         worker_pool="threads",
         worker_concurrency=1,
-        task_default_queue="arceus",
+        task_default_queue=keys.DEFAULT_QUEUE,
         result_expires=keys.RESULTS_TTL_S,
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,  # for Flower

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from ..config import SEED_JOB, DatasetConfig
+from ..config import DatasetConfig, seed_job
 from ..control.client import ApiClient
 from ..errors import DatasetUnavailable
 from ..launch.control_plane import LocalCluster, lan_address
@@ -59,7 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     train = train_config(args)  # checked before anything starts
-    job = json.loads(json.dumps(SEED_JOB))
+    job = seed_job()
     try:
         from ..engine.data import load_dataset  # noqa: PLC0415 - imports torch
 

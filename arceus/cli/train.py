@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import DATASETS, SEED_JOB, JobConfig
+from ..config import DATASETS, JobConfig, seed_job
 from ..errors import ConfigError, DatasetUnavailable
 from ..settings import Settings
 from .options import add_train_options, train_config
@@ -36,7 +36,7 @@ def _job(args: argparse.Namespace, settings: Settings) -> JobConfig:
         if not isinstance(raw, dict):
             raise ConfigError("--job", f"{args.job} must hold a JSON object")
     else:
-        raw = json.loads(json.dumps(SEED_JOB))
+        raw = seed_job()
     raw.setdefault("dataset_config", {})
     if args.dataset:
         raw["dataset_config"]["name"] = args.dataset
@@ -83,8 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     job = _job(args, settings)
     train = train_config(args)
-    from ..launch.redis_server import redis_for  # noqa: PLC0415 - these import torch: not for --help
-    from ..launch.stages import train_local  # noqa: PLC0415
+    from ..launch.redis_server import redis_for  # noqa: PLC0415
+    from ..launch.stages import train_local  # noqa: PLC0415 - imports torch: not for --help
 
     sizes = "-".join(map(str, job.model.layer_sizes))
     print(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from ..errors import ApiError
+from ..launch.procs import child_environment
 from ..settings import Settings
 from .jobs import client_for
 
@@ -40,7 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", reply["queue"],
            "-n", f"{reply['queue']}@%h", "--loglevel", "INFO"]  # fmt: skip
     # The worker gets our settings (the device chosen here included) through its environment.
-    proc = subprocess.Popen(cmd, env={**os.environ, **settings.to_env()})
+    proc = subprocess.Popen(cmd, env=child_environment(settings))
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -28,9 +28,12 @@ class ApiClient:
         except urllib.error.HTTPError as e:
             payload = e.read()
             try:
-                return e.code, json.loads(payload)
+                reply = json.loads(payload)
             except ValueError:
-                return e.code, {"message": payload.decode(errors="replace") or e.reason}
+                reply = None
+            if not isinstance(reply, dict) or not reply.get("message"):  # not the API's own JSON error
+                reply = {"message": f"{e.reason}: {payload.decode(errors='replace')[:200]}".rstrip(": ")}
+            return e.code, reply
         except (urllib.error.URLError, OSError) as e:
             raise ApiError(f"cannot reach the Arceus API at {self.base}: {getattr(e, 'reason', e)}") from None
 
@@ -38,7 +41,7 @@ class ApiClient:
         """The JSON body of a successful answer; ``ApiError`` naming the status and the API's message otherwise."""
         status, reply = self.request(method, path, body)
         if status >= 400:
-            raise ApiError(f"{method} {path}: {status} {reply.get('message', '')}", status)
+            raise ApiError(f"{method} {path}: {status} {reply['message']}", status)
         return reply
 
     def get(self, path: str) -> dict:

@@ -15,7 +15,7 @@ import redis
 from .. import keys
 from ..config import ModelConfig
 from ..engine.device import pick_device
-from ..engine.model import Shard, layer_specs, train_flops_per_sample
+from ..engine.model import Shard, build_shard, layer_specs, train_flops_per_sample
 from ..engine.stage import StageRunner
 from ..errors import ArceusError, Conflict, RunAborted
 from ..events import EventLog
@@ -43,7 +43,7 @@ class ShardHost:
             return {"device_id": device_id, "skipped": "the job is not initializing"}
         plan = StageAssignment.from_dict(shard)
         model = ModelConfig.parse(model_config)
-        module = Shard(layer_specs(model), plan.start_layer, plan.end_layer, seed).to(pick_device(self.settings.device))
+        module = build_shard(model, plan.start_layer, plan.end_layer, seed).to(pick_device(self.settings.device))
         self.shards[job_id] = module
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)

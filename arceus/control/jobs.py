@@ -90,7 +90,7 @@ class JobStore:
             self.r.delete(keys.device(device["device_id"]))
             self.r.srem(keys.DEVICES, device["device_id"])
         # Its devices set and every run's keys are under the job's key.
-        found = list(self.r.scan_iter(match=f"{keys.job(job_id)}:*", count=1000))
+        found = list(self.r.scan_iter(match=keys.job_pattern(job_id), count=1000))
         self.r.delete(keys.job(job_id), *found)
         self.r.zrem(keys.JOBS, job_id)
 

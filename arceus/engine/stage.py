@@ -11,7 +11,6 @@ computes the loss and accuracy and writes the epoch metrics.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -32,14 +31,12 @@ from .device import pick_device
 from .links import StageLinks
 from .messages import Msg
 from .metrics import EpochReport, EpochStats
-from .model import Shard, layer_specs
+from .model import Shard, build_shard
 from .optim import make_optimizer
 from .saved import SavedTensorMeter
 from .source import dataset_messages, training_data
 
 __all__ = ["StageRunner"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +60,7 @@ class StageRunner:
         # A worker passes the shard it holds in memory, on the device it chose; otherwise
         # build the shard from the seed on the run's device.
         if model is None:
-            model = Shard(layer_specs(spec.job.model), shard.start_layer, shard.end_layer, spec.train.seed)
+            model = build_shard(spec.job.model, shard.start_layer, shard.end_layer, spec.train.seed)
             model.to(pick_device(spec.device_for(stage)))
         elif (model.start, model.end) != (shard.start_layer, shard.end_layer):
             raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import signal
 import socket
@@ -25,7 +24,7 @@ from .. import keys
 from ..control.client import ApiClient
 from ..errors import ApiError
 from ..settings import Settings
-from .procs import free_port, parent_death_hook, stop_processes
+from .procs import child_environment, free_port, parent_death_hook, stop_processes
 from .redis_server import EmbeddedRedis
 
 __all__ = ["LocalCluster", "lan_address"]
@@ -79,11 +78,13 @@ class LocalCluster:
         return self.redis_url
 
     def child_env(self, **settings: object) -> dict[str, str]:
-        """The environment of a process started here: ours, with these settings (and ``settings``' overrides)."""
-        ours = replace(self.settings, redis_url=self.redis_url, **{k: v for k, v in settings.items() if v is not None})
-        return {**os.environ, **ours.to_env()}
+        """The environment of a process started here: our settings, with ``settings``' overrides."""
+        overrides = {k: v for k, v in settings.items() if v is not None}
+        return child_environment(replace(self.settings, redis_url=self.redis_url, **overrides))
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        if name in self.procs and self.procs[name].poll() is None:
+            raise ApiError(f"{name} is already running (pid {self.procs[name].pid}); stop it first")
         with open(self.logs / f"{name}.log", "ab") as log_file:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 args, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

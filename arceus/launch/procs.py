@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
 
-__all__ = ["free_port", "parent_death_hook", "stop_processes"]
+from ..settings import Settings
+
+__all__ = ["child_environment", "free_port", "parent_death_hook", "stop_processes"]
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """Our environment for a child process, its ``ARCEUS_*`` variables replaced by ``settings``':
+    the child reads exactly the settings we hand it, not what we happened to inherit."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ARCEUS_")}
+    return {**inherited, **settings.to_env()}
 
 
 def free_port() -> int:

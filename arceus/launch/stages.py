@@ -83,7 +83,7 @@ def train_local(
 ) -> RunResult:
     spec = RunSpec.new(job, train, num_stages, device=device)
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
-    threads = threads or settings.threads or max(1, (os.cpu_count() or 1) // num_stages)
+    threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)
     r = redis.Redis.from_url(redis_url)
     events, liveness = EventLog(r, spec.keys), RunLiveness(r, spec.keys)

@@ -93,8 +93,7 @@ class BlockInt8(Codec):
     Asymmetric (the default, registered as ``int8``): code = round((x - lo) / s),
     s = (hi - lo) / 255, error at most (hi - lo) / 510, with lo stored beside s.
     Symmetric (``asymmetric=False``): code = round(x / s), s = absmax / 127, so the error
-    of each value is at most s / 2 = absmax(block) / 254. Asymmetric: code = round((x - lo) / s),
-    s = (hi - lo) / 255, error at most (hi - lo) / 510, with lo stored beside s.
+    of each value is at most s / 2 = absmax(block) / 254.
     Blocks follow the flattened (row-major) order, so with ``block`` dividing the row width
     a block never mixes two samples: a sample with tiny gradients keeps its own scale.
     """
