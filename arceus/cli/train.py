@@ -81,8 +81,8 @@ def _print_event(ev: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    train = train_config(args)  # checked before the dataset is probed
     job = _job(args, settings)
-    train = train_config(args)
     from ..launch.redis_server import redis_for  # noqa: PLC0415
     from ..launch.stages import train_local  # noqa: PLC0415 - imports torch: not for --help
 
