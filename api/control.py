@@ -73,13 +73,13 @@ class Control:
         config = JobConfig.parse(job["config"])
         if not devices:
             raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
-        shards = plan(config.model.num_layers, [d["device_id"] for d in devices])  # PartitionError when D > L
+        shards = plan(config.layers, [d["device_id"] for d in devices])  # PartitionError when D > L
         self.store.transition(job_id, "initializing", error="")
         pending = []
         try:
             for shard in shards:
                 queue = queue_for(shard.device_id)
-                args = [job_id, shard.device_id, shard.to_dict(), config.model.to_dict(), seed]
+                args = [job_id, shard.device_id, shard.to_dict(), config.to_dict(), seed]
                 pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
         except Exception as e:  # the broker refused: nothing will confirm
             reason = f"could not enqueue the shards: {type(e).__name__}: {e}"

@@ -6,7 +6,7 @@ one place they are written; ``JobConfig.parse`` checks the same rules again, and
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from arceus.config import (
     DATASETS,
@@ -17,6 +17,7 @@ from arceus.config import (
     DatasetConfig,
     Option,
 )
+from arceus.plan.layers import KINDS
 
 __all__ = [
     "DeviceRegisterSchema",
@@ -50,12 +51,30 @@ class NormalizeSchema(_Strict):
 
 
 class ModelConfigSchema(_Strict):
+    """Exactly one of ``layers`` and ``layer_sizes``; each layer is checked in full, against the
+    shape that reaches it, when the job is created (a 400 names the layer and the field)."""
+
     layer_sizes = fields.List(
         fields.Integer(strict=True, validate=validate.Range(1, MAX_LAYER_SIZE)),
-        required=True,
         validate=validate.Length(2, MAX_LAYERS + 1),
-        metadata={"description": "widths of the activations; layer i maps sizes[i] -> sizes[i+1]"},
+        metadata={
+            "description": "shorthand: widths of Linear layers with ReLU between them; "
+            "layer i maps sizes[i] -> sizes[i+1]"
+        },
     )
+    layers = fields.List(
+        fields.Dict(keys=fields.String()),
+        validate=validate.Length(1, MAX_LAYERS),
+        metadata={
+            "description": 'layer objects, {"type": <torch.nn class in lower case>, <its arguments>}: '
+            f"{', '.join(KINDS)}"
+        },
+    )
+
+    @validates_schema
+    def _one_of(self, data: dict, **kwargs: object) -> None:
+        if ("layers" in data) == ("layer_sizes" in data):
+            raise ValidationError("give exactly one of 'layers' or 'layer_sizes'")
 
 
 class DatasetConfigSchema(_Strict):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import ConfigError
+from .plan.layers import Layer, SampleShape, check_spec, resolve
 from .plan.schedule import SCHEDULES as _SCHEDULE_FUNCTIONS
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 DATASETS = ("MNIST", "FashionMNIST", "digits")
+# One sample as the first layer sees it, and the number of classes, per dataset.
+SAMPLE_SHAPES = {name: SampleShape((1, 28, 28)) for name in DATASETS}
+CLASSES = {name: 10 for name in DATASETS}
 # User-facing wire name -> codec registered in arceus.wire (tests/test_config.py checks they exist;
 # config imports no torch, so it cannot ask the registry itself).
 WIRE_CODECS = {"fp32": "raw", "fp16": "fp16", "int8": "int8"}
@@ -84,12 +89,24 @@ def _float(field_name: str, value: Any, lo: float, hi: float, *, lo_open: bool =
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # Widths of the activations: layer i maps layer_sizes[i] -> layer_sizes[i+1].
-    layer_sizes: tuple[int, ...]
+    """A model: the layers themselves, or the original shorthand ``layer_sizes``."""
+
+    # Shorthand: widths of the activations, Linear layers with ReLU between them (after a
+    # flatten): layer_sizes[i] -> layer_sizes[i+1].
+    layer_sizes: tuple[int, ...] = ()
+    # Each {"type": <torch.nn class in lower case>, <its constructor arguments>} (plan/layers.py).
+    layers: tuple[dict, ...] = ()
 
     @classmethod
     def parse(cls, data: Any) -> ModelConfig:
-        data = _check_keys("model_config", data, {"layer_sizes"})
+        data = _check_keys("model_config", data, {"layer_sizes", "layers"})
+        if ("layers" in data) == ("layer_sizes" in data):
+            raise ConfigError("model_config", "give exactly one of 'layers' or 'layer_sizes'")
+        if "layers" in data:
+            layers = data["layers"]
+            if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+                raise ConfigError("model_config.layers", f"must be a list of 1 to {MAX_LAYERS} layer objects")
+            return cls(layers=tuple(check_spec(f"model_config.layers[{i}]", v) for i, v in enumerate(layers)))
         sizes = data.get("layer_sizes")
         if not isinstance(sizes, list):
             raise ConfigError("model_config.layer_sizes", "is required and must be a list of integers")
@@ -99,14 +116,29 @@ class ModelConfig:
             )
         for i, s in enumerate(sizes):
             _int(f"model_config.layer_sizes[{i}]", s, 1, MAX_LAYER_SIZE)
-        return cls(tuple(sizes))
+        return cls(layer_sizes=tuple(sizes))
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.layer_sizes) - 1
+    def specs(self) -> list[dict]:
+        """The layer objects; ``layer_sizes`` expands to flatten, then linear/relu pairs, logits last."""
+        if self.layers:
+            return [dict(spec) for spec in self.layers]
+        sizes, out = self.layer_sizes, [{"type": "flatten"}]
+        for i in range(len(sizes) - 1):
+            out.append({"type": "linear", "in_features": sizes[i], "out_features": sizes[i + 1]})
+            if i < len(sizes) - 2:
+                out.append({"type": "relu"})
+        return [check_spec(f"model_config.layer_sizes[{i}]", spec) for i, spec in enumerate(out)]
 
     def to_dict(self) -> dict:
-        return {"layer_sizes": list(self.layer_sizes)}
+        return {"layers": [dict(s) for s in self.layers]} if self.layers else {"layer_sizes": list(self.layer_sizes)}
+
+    @staticmethod
+    def describe(model_config: dict) -> str:
+        """A short name for a model config as the API returns it: ``784-128-64-10``, or its layer types."""
+        if "layer_sizes" in model_config:
+            return "-".join(map(str, model_config["layer_sizes"]))
+        types = [layer["type"] for layer in model_config["layers"]]
+        return " ".join(types) if len(types) <= 6 else f"{' '.join(types[:5])} ... ({len(types)} layers)"
 
 
 @dataclass(frozen=True)
@@ -227,7 +259,33 @@ class JobConfig:
         data = _check_keys("job", data, {"model_config", "dataset_config"})
         if "model_config" not in data:
             raise ConfigError("model_config", "is required")
-        return cls(ModelConfig.parse(data["model_config"]), DatasetConfig.parse(data.get("dataset_config", {})))
+        job = cls(ModelConfig.parse(data["model_config"]), DatasetConfig.parse(data.get("dataset_config", {})))
+        job.layers  # noqa: B018 - every layer checked against the shapes that reach it, now
+        return job
+
+    @cached_property
+    def layers(self) -> list[Layer]:
+        """The model's layers, resolved from the dataset's sample shape (inferred sizes filled in)."""
+        where = "model_config.layers" if self.model.layers else "model_config.layer_sizes"
+        sample = SAMPLE_SHAPES[self.dataset.name]
+        try:
+            layers = resolve(self.model.specs(), sample, where)
+        except ConfigError as e:
+            if self.model.layers:
+                raise
+            # The shorthand can only miss on its first width: say so in its own terms.
+            raise ConfigError(
+                "model_config.layer_sizes[0]",
+                f"is {self.model.layer_sizes[0]}, but {self.dataset.name} samples have {sample.numel} values",
+            ) from e
+        out, classes = layers[-1].output.shape, CLASSES[self.dataset.name]
+        if len(out) != 1 or out[0] < classes:
+            last = len(self.model.layers or self.model.layer_sizes) - 1
+            raise ConfigError(
+                f"{where}[{last}]",
+                f"the model's output per sample is {list(out)}; {self.dataset.name} needs {classes} class scores",
+            )
+        return layers
 
     def to_dict(self) -> dict:
         return {"model_config": self.model.to_dict(), "dataset_config": self.dataset.to_dict()}

@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from arceus.config import ModelConfig
-from arceus.engine.model import Shard, layer_specs
+from arceus.config import JobConfig, ModelConfig
+from arceus.engine.model import Shard
 from arceus.launch.procs import free_port
-from arceus.plan.partition import partition
+from arceus.plan.partition import plan
 
 __all__ = ["TorchRefused", "torch_pipeline_samples_per_s"]
 
@@ -46,9 +46,9 @@ def _rank(rank: int, world: int, port: int, cfg: dict, out: mp.Queue | None, add
 def _train(rank: int, world: int, cfg: dict, out: mp.Queue | None) -> None:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe  # noqa: PLC0415
 
-    specs = layer_specs(ModelConfig(tuple(cfg["sizes"])))
-    start, end = partition(len(specs), world)[rank]
-    shard = Shard(specs, start, end, seed=0)
+    job = JobConfig(ModelConfig(layer_sizes=tuple(cfg["sizes"])))
+    mine = plan(job.layers, world)[rank]
+    shard = Shard(job.layers, mine.start_layer, mine.end_layer, seed=0)
     stage = PipelineStage(shard, rank, world, torch.device("cpu"))
     cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg["schedule"]]
     schedule = cls(stage, n_microbatches=cfg["micro_batches"], loss_fn=F.cross_entropy)

@@ -52,8 +52,10 @@ def test_original_readme_flow_trains_the_seed_job(cluster, r):
     job_id, devices = _job_with_workers(cluster)
     init = _initialize(cluster, job_id)
     assert [(s["start_layer"], s["end_layer"], s["device_id"]) for s in init["plan"]] == [
-        (0, 1, devices[0]), (1, 2, devices[1]), (2, 3, devices[2])
-    ]  # fmt: skip
+        (0, 3, devices[0]),
+        (3, 5, devices[1]),
+        (5, 6, devices[2]),
+    ]  # fmt: skip  (flatten linear relu | linear relu | linear)
     status, body = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 5, "learning_rate": 0.1})
     assert status == 200
     assert {k: body[k] for k in ("message", "epochs", "learning_rate")} == {
@@ -83,6 +85,42 @@ def test_original_readme_flow_trains_the_seed_job(cluster, r):
     assert tf["teraflops"] == JobStore(r).teraflops()
     assert cluster.call("GET", "/api/devices")[1]["devices"] == JobStore(r).devices() == job["devices"]
     assert not unlisted_keys(r)  # every key the API, the workers and the stages wrote is in arceus.keys
+
+
+SMALL_CNN = {
+    "model_config": {"layers": [
+        {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+        {"type": "maxpool2d", "kernel_size": 2},
+        {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+        {"type": "maxpool2d", "kernel_size": 2},
+        {"type": "flatten"}, {"type": "linear", "out_features": 10}]},
+    "dataset_config": {"name": "MNIST", "batch_size": 128, "val_batch_size": 500},
+}  # fmt: skip
+
+
+def test_a_cnn_trains_through_the_api(cluster):
+    job_id, devices = _job_with_workers(cluster, 3, SMALL_CNN)
+    init = _initialize(cluster, job_id)
+    # Pooling and activations stay with the convolution before them; (B, 8, 14, 14) and (B, 16, 7, 7) travel.
+    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 3), (3, 7), (7, 8)]
+    body = {"epochs": 2, "learning_rate": 0.05, "momentum": 0.9, "micro_batches": 2}
+    assert cluster.call("POST", f"/api/network/train/{job_id}", body)[0] == 200
+    job = cluster.wait_for(job_id, lambda j: j["status"] in ("completed", "failed"), 240, "training to end")
+    assert job["status"] == "completed", job["error"]
+    assert job["final_metrics"]["val_accuracy"] > 0.9, job["final_metrics"]
+    # The job shows each layer as given, with torch's defaults for the fields left out.
+    returned = job["model_config"]["layers"]
+    assert [given.items() <= shown.items() for given, shown in zip(SMALL_CNN["model_config"]["layers"], returned,
+                                                                       strict=True)] == [True] * 8  # fmt: skip
+    assert returned[0]["stride"] == 1 and returned[2]["stride"] is None  # a pool's stride defaults to its kernel
+    _, metrics = cluster.call("GET", f"/api/jobs/{job_id}/metrics")
+    stage0 = next(s for s in metrics["stages"] if s["stage"] == 0 and s["epoch"] == 2)
+    # int8 activations of 8 x 14 x 14 values a sample (plus a small header and block scales).
+    assert 8 * 14 * 14 <= stage0["bytes_wire"] / 6000 < 8 * 14 * 14 * 1.2
+    bad = {"model_config": {"layers": [{"type": "flatten"}, {"type": "linear", "in_features": 100,
+                                                             "out_features": 10}]}}  # fmt: skip
+    status, resp = cluster.call("POST", "/api/jobs", bad)
+    assert status == 400 and resp["message"].startswith("model_config.layers[1].in_features: is 100, but"), resp
 
 
 def test_restarting_the_api_loses_nothing(cluster):
@@ -202,14 +240,20 @@ def test_a_run_its_stages_would_refuse_is_refused_before_it_starts(cluster, r):
     job = {"model_config": {"layer_sizes": [784, 2048, 10]}, "dataset_config": {"batch_size": 65536}}
     _, body = cluster.call("POST", "/api/jobs", job)
     job_id = body["job_id"]
-    _, dev = cluster.call("POST", "/api/devices/register", {"job_id": job_id})
-    store = JobStore(r)  # stands in for a worker confirming its shard
+    devs = [cluster.call("POST", "/api/devices/register", {"job_id": job_id})[1]["device_id"] for _ in range(2)]
+    store = JobStore(r)  # stands in for the workers confirming their shards
     store.transition(job_id, "initializing")
-    store.transition(job_id, "ready", plan=[{"stage": 0, "start_layer": 0, "end_layer": 2,
-                                             "device_id": dev["device_id"]}])  # fmt: skip
+    store.transition(
+        job_id,
+        "ready",
+        plan=[
+            {"stage": 0, "start_layer": 0, "end_layer": 3, "device_id": devs[0]},
+            {"stage": 1, "start_layer": 3, "end_layer": 4, "device_id": devs[1]},
+        ],
+    )
     status, resp = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})
     assert status == 400, resp
-    assert resp["message"].startswith("dataset_config.val_batch_size: a batch of 65536 rows x 2048 features")
+    assert resp["message"].startswith("dataset_config.val_batch_size: a batch of 65536 rows x 2048 values")
     assert cluster.call("GET", f"/api/jobs/{job_id}")[1]["status"] == "ready"
 
 
@@ -288,8 +332,8 @@ def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
     assert job["status"] == "created" and job["plan"] is None
     status, body = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 1})
     assert status == 409 and "initialize it first" in body["message"]
-    init = _initialize(cluster, job_id)  # one device now holds all three layers
-    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 3)]
+    init = _initialize(cluster, job_id)  # one device now holds all six layers
+    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 6)]
 
 
 def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):

@@ -7,7 +7,9 @@ from arceus.errors import ConfigError
 def test_seed_job_parses_and_round_trips():
     job = JobConfig.parse(SEED_JOB)
     assert job.model.layer_sizes == (784, 128, 64, 10)
-    assert job.model.num_layers == 3
+    # layer_sizes expands to flatten, then linear/relu pairs: three layers with parameters.
+    assert [layer.type for layer in job.layers] == ["flatten", "linear", "relu", "linear", "relu", "linear"]
+    assert [layer.params for layer in job.layers if layer.params] == [784 * 128 + 128, 128 * 64 + 64, 64 * 10 + 10]
     assert job.dataset.batch_size == 256 and job.dataset.mean == (0.1307,)
     assert JobConfig.parse(job.to_dict()) == job
 

@@ -13,10 +13,10 @@ def test_torchvision_loads_idx_files_and_normalizes(tmp_path, name):
     raw = (tmp_path / name / "raw" / "train-images-idx3-ubyte").read_bytes()
     cfg = DatasetConfig(name=name, mean=(0.5,), std=(0.25,))
     ds = load_dataset(cfg, tmp_path)
-    assert ds.train_x.shape == (200, 784) and ds.val_x.shape == (50, 784)
+    assert ds.train_x.shape == (200, 1, 28, 28) and ds.val_x.shape == (50, 1, 28, 28)  # (N, channels, H, W)
     assert ds.train_x.dtype == torch.float32 and ds.train_y.dtype == torch.int64
     first_pixels = torch.tensor(list(raw[16 : 16 + 784]), dtype=torch.float32)
-    torch.testing.assert_close(ds.train_x[0], (first_pixels / 255 - 0.5) / 0.25)
+    torch.testing.assert_close(ds.train_x[0].flatten(), (first_pixels / 255 - 0.5) / 0.25)
     assert set(ds.train_y.tolist()) <= set(range(10))
 
 
@@ -29,7 +29,7 @@ def test_missing_files_say_where_to_put_them(tmp_path):
 
 def test_digits_stand_in_is_mnist_shaped():
     ds = load_dataset(DatasetConfig(name="digits", mean=(0.0,), std=(1.0,)), "/nonexistent")
-    assert ds.train_x.shape == (1497, 784) and ds.val_x.shape == (300, 784)
+    assert ds.train_x.shape == (1497, 1, 28, 28) and ds.val_x.shape == (300, 1, 28, 28)
     assert 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
     img = ds.train_x[0].view(28, 28)
     assert img[:4].abs().sum() == 0 and img[:, -4:].abs().sum() == 0  # 4-pixel frame, like MNIST

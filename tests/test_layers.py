@@ -5,14 +5,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Lowest first. "core" is the data and Redis state every process shares (no torch).
-LAYERS = ("core", "wire", "engine", "control", "launch", "cli")
+# Lowest first. "core" is the data and Redis state every process shares (no torch); "facade" is
+# the package's own __init__, which hands out arceus.build_model on first use (tests/test_imports.py
+# checks that importing it imports no torch).
+LAYERS = ("core", "wire", "engine", "control", "launch", "cli", "facade")
 CORE = {"errors", "settings", "config", "keys", "events", "liveness", "plan"}
 
 
 def _layer(module: str) -> str:
-    part = module.split(".")[1] if module.count(".") else ""
-    return "core" if part in CORE or part == "" else part
+    if module == "arceus":
+        return "facade"
+    part = module.split(".")[1]
+    return "core" if part in CORE else part
 
 
 def _imports(path: Path) -> set[str]:

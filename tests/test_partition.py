@@ -1,7 +1,8 @@
 import pytest
 
 from arceus.errors import PartitionError
-from arceus.plan.partition import partition, plan
+from arceus.plan.layers import Layer, SampleShape
+from arceus.plan.partition import partition, plan, units
 
 
 @pytest.mark.parametrize(
@@ -36,9 +37,23 @@ def test_partition_rejects_bad_device_counts(layers, devices):
         partition(layers, devices)
 
 
+def _layers(*types: str) -> list[Layer]:
+    with_params = {"linear", "conv2d", "layernorm"}
+    return [Layer(i, {"type": t}, SampleShape((1,)), SampleShape((1,)), 10 * (t in with_params), 0)
+            for i, t in enumerate(types)]  # fmt: skip
+
+
 def test_plan_is_plain_data_with_devices():
-    shards = plan(3, [7, 9])
+    shards = plan(_layers("linear", "relu", "linear", "relu", "linear"), [7, 9])
     assert [s.to_dict() for s in shards] == [
-        {"stage": 0, "start_layer": 0, "end_layer": 2, "device_id": 7},
-        {"stage": 1, "start_layer": 2, "end_layer": 3, "device_id": 9},
+        {"stage": 0, "start_layer": 0, "end_layer": 4, "device_id": 7},
+        {"stage": 1, "start_layer": 4, "end_layer": 5, "device_id": 9},
     ]
+
+
+def test_layers_without_parameters_stay_with_the_layer_before_them():
+    layers = _layers("flatten", "conv2d", "relu", "maxpool2d", "conv2d", "relu", "dropout", "flatten", "linear")
+    assert units(layers) == [(0, 4), (4, 8), (8, 9)]  # leading parameterless layers join the first
+    assert [(s.start_layer, s.end_layer) for s in plan(layers, 3)] == [(0, 4), (4, 8), (8, 9)]
+    with pytest.raises(PartitionError, match="L=3 layers over D=4 devices"):
+        plan(layers, 4)  # D is at most the number of layers with parameters

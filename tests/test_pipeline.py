@@ -177,7 +177,7 @@ def test_malformed_stream_entry_fails_the_stage_clearly(redis_url, settings, r, 
     p.join(timeout=60)
     assert p.exitcode == 1
     reason = RunLiveness(r, spec.keys).reason()
-    assert reason.startswith("stage 1 (layers [1, 2)): ")
+    assert reason.startswith("stage 1 (layers [3, 4)): ")  # flatten linear relu | linear
     assert re.search(message, reason), reason
     if "Payload" in message:
         assert f"of {spec.keys.fwd(1)}" in reason  # names the stream entry

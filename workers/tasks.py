@@ -30,8 +30,8 @@ def host(app: Celery) -> ShardHost:
 
 
 @shared_task(name=LOAD_SHARD, bind=True)
-def load_shard(self, job_id: str, device_id: int, shard: dict, model_config: dict, seed: int) -> dict:
-    return host(self.app).load(job_id, device_id, shard, model_config, seed)
+def load_shard(self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int) -> dict:
+    return host(self.app).load(job_id, device_id, shard, job_config, seed)
 
 
 @shared_task(name=RUN_STAGE, bind=True)

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from ..config import DatasetConfig, seed_job
+from ..config import DatasetConfig, ModelConfig, seed_job
 from ..control.client import ApiClient
 from ..errors import DatasetUnavailable
 from ..launch.control_plane import LocalCluster, lan_address
@@ -73,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         client = cluster.client()
         print(f"API at {cluster.api_url}/api (docs {cluster.api_url}/api/docs), Redis at {cluster.redis_url}")
         job_id = client.post("/api/jobs", job)["job_id"]
-        print(f"POST /api/jobs -> job {job_id} ({'-'.join(map(str, job['model_config']['layer_sizes']))} on "
+        print(f"POST /api/jobs -> job {job_id} ({ModelConfig.describe(job['model_config'])} on "
               f"{job['dataset_config']['name']})")  # fmt: skip
         devices = []
         for i in range(args.workers):

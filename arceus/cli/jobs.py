@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..config import ModelConfig
 from ..control.client import ApiClient
 from ..settings import Settings
 
@@ -60,6 +61,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs")
     for job in jobs:
-        sizes = "-".join(map(str, job["model_config"]["layer_sizes"]))
-        print(f"{job_line(job)}  [{sizes} on {job['dataset_config']['name']}, {len(job['devices'])} devices]")
+        model, data = ModelConfig.describe(job["model_config"]), job["dataset_config"]["name"]
+        print(f"{job_line(job)}  [{model} on {data}, {len(job['devices'])} devices]")
     return 0

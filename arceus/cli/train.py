@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import DATASETS, JobConfig, seed_job
+from ..config import DATASETS, JobConfig, ModelConfig, seed_job
 from ..errors import ConfigError, DatasetUnavailable
 from ..settings import Settings
 from .options import add_train_options, train_config
@@ -86,9 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..launch.redis_server import redis_for  # noqa: PLC0415
     from ..launch.stages import train_local  # noqa: PLC0415 - imports torch: not for --help
 
-    sizes = "-".join(map(str, job.model.layer_sizes))
     print(
-        f"training {sizes} on {job.dataset.name} across {args.stages} stage processes "
+        f"training {ModelConfig.describe(job.model.to_dict())} on {job.dataset.name} "
+        f"across {args.stages} stage processes "
         f"(wire {train.wire}, {train.micro_batches} micro-batches, batch {job.dataset.batch_size}, "
         f"lr {train.learning_rate})"
     )

@@ -13,9 +13,9 @@ import socket
 import redis
 
 from .. import keys
-from ..config import ModelConfig
+from ..config import JobConfig
 from ..engine.device import pick_device
-from ..engine.model import Shard, build_shard, layer_specs, train_flops_per_sample
+from ..engine.model import Shard, build_shard, train_flops_per_sample
 from ..engine.stage import StageRunner
 from ..errors import ArceusError, Conflict, RunAborted
 from ..events import EventLog
@@ -37,13 +37,13 @@ class ShardHost:
         self.r = redis.Redis.from_url(redis_url)
         self.store = JobStore(self.r)
 
-    def load(self, job_id: str, device_id: int, shard: dict, model_config: dict, seed: int) -> dict:
+    def load(self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int) -> dict:
         if self.store.get(job_id)["status"] != "initializing":
             # A redelivered task of an initialization that is over must not replace a newer shard.
             return {"device_id": device_id, "skipped": "the job is not initializing"}
         plan = StageAssignment.from_dict(shard)
-        model = ModelConfig.parse(model_config)
-        module = build_shard(model, plan.start_layer, plan.end_layer, seed).to(pick_device(self.settings.device))
+        job = JobConfig.parse(job_config)
+        module = build_shard(job, plan.start_layer, plan.end_layer, seed).to(pick_device(self.settings.device))
         self.shards[job_id] = module
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
@@ -95,13 +95,12 @@ class ShardHost:
         events = EventLog(self.r, spec.keys).all()
         epochs = [e for e in events if e["type"] == "epoch"]
         stages = [e for e in events if e["type"] == "stage"]
-        specs = layer_specs(spec.job.model)
         rows = []
         for shard in spec.stages:
             mine = [e for e in stages if e["stage"] == shard.stage]
             compute = sum(e["compute_s"] for e in mine)
             samples = sum(e["samples"] for e in epochs)
-            flops = train_flops_per_sample(specs[shard.start_layer : shard.end_layer], shard.start_layer) * samples
+            flops = train_flops_per_sample(spec.job.layers, shard.start_layer, shard.end_layer) * samples
             rows.append({"job_id": spec.job_id, "run_id": spec.run_id, "device_id": shard.device_id,
                          "stage": shard.stage, "layers": [shard.start_layer, shard.end_layer],
                          "flops": flops, "compute_seconds": compute,

@@ -34,24 +34,24 @@ MNIST_FILES = (
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    train_x: torch.Tensor  # (N, features) float32, normalized
+    train_x: torch.Tensor  # (N, *sample_shape) float32, normalized
     train_y: torch.Tensor  # (N,) int64
     val_x: torch.Tensor
     val_y: torch.Tensor
 
     @property
-    def num_features(self) -> int:
-        return self.train_x.shape[1]
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, H, W) or float (N, H, W) in [0, 1] -> float32 (N, H*W), (x - mean) / std."""
+    """uint8 (N, H, W) or float (N, H, W) in [0, 1] -> float32 (N, 1, H, W), (x - mean) / std."""
     x = images.float()
     if images.dtype == torch.uint8:
         x = x / 255.0
     if len(mean) != 1:
         raise DatasetUnavailable(f"normalize has {len(mean)} channels but the images have 1 channel")
-    return ((x - mean[0]) / std[0]).reshape(len(x), -1).contiguous()
+    return ((x - mean[0]) / std[0]).unsqueeze(1).contiguous()
 
 
 def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:

@@ -18,6 +18,7 @@ import torch
 from ..config import WIRE_CODECS
 from ..errors import PayloadError, ProtocolError, TrainingDiverged
 from ..liveness import RunLiveness
+from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
 from ..settings import Settings
 from ..wire import decode, encode, raw_nbytes
@@ -58,12 +59,12 @@ class StageLinks:
         self.metrics = StageMetrics()
 
     # ----------------------------------------------------------------- receiving
-    def forward_messages(self, width: int) -> Iterator[Msg]:
-        """The previous stage's entries, each batch checked to be a float (rows, ``width``)."""
+    def forward_messages(self, sample: SampleShape) -> Iterator[Msg]:
+        """The previous stage's entries, each batch checked to be floats of shape (rows, *sample)."""
         while True:
             msg = self._receive(self.fwd_in, FORWARD_KINDS, "forward activations")
             if msg.header["kind"] in ("train", "eval"):
-                self._check_input(msg, width, msg.header.get("bs"))
+                self._check_input(msg, sample.shape, msg.header.get("bs"))
             yield msg
 
     def receive_gradient(self, step: int, mb: int, shape: torch.Size) -> torch.Tensor:
@@ -93,11 +94,12 @@ class StageLinks:
         self.metrics.codec_s += time.perf_counter() - t1
         return msg
 
-    def _check_input(self, msg: Msg, width: int, max_rows: int | None) -> None:
+    def _check_input(self, msg: Msg, shape: tuple[int, ...], max_rows: int | None) -> None:
         x = msg.x
-        if x is None or x.dim() != 2 or x.shape[1] != width or not x.dtype.is_floating_point:
+        if x is None or tuple(x.shape[1:]) != shape or x.dim() != len(shape) + 1 or not x.dtype.is_floating_point:
             got = "no tensor" if x is None else f"{x.dtype} {list(x.shape)}"
-            raise ProtocolError(f"{self.who}: {msg.header['kind']} entry must carry a float (rows, {width}), got {got}")
+            want = ", ".join(["rows", *map(str, shape)])
+            raise ProtocolError(f"{self.who}: {msg.header['kind']} entry must carry a float ({want}), got {got}")
         if max_rows is not None and x.shape[0] > max_rows:
             raise ProtocolError(f"{self.who}: micro-batch of {x.shape[0]} rows in a batch of {max_rows}")
 

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, TrainConfig
+from ..plan.layers import SampleShape, resolve
 from .data import Dataset, batch_indices
 from .metrics import EpochStats
-from .model import Shard, layer_specs
+from .model import Shard, set_dropout_step
 from .optim import make_optimizer
 
 __all__ = ["evaluate", "train_reference"]
@@ -18,6 +19,7 @@ __all__ = ["evaluate", "train_reference"]
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> EpochStats:
+    model.eval()
     stats = EpochStats()
     for start in range(0, len(y), batch_size):
         logits = model(x[start : start + batch_size])
@@ -34,9 +36,12 @@ def train_reference(
     val_batch_size: int,
     max_steps: int | None = None,
 ) -> tuple[Shard, list[dict]]:
-    """Train the unsplit model; returns it and one history row per epoch (as the pipeline reports)."""
-    specs = layer_specs(model_cfg)
-    model = Shard(specs, 0, len(specs), train.seed)
+    """Train the unsplit model; returns it and one history row per epoch (as the pipeline reports).
+
+    Each batch is cut into ``train.micro_batches`` micro-batches whose gradients accumulate, as
+    the pipeline does: BatchNorm's statistics and dropout's masks are then those of the pipeline."""
+    layers = resolve(model_cfg.specs(), SampleShape(data.sample_shape))
+    model = Shard(layers, 0, len(layers), train.seed)
     opt = make_optimizer(model.parameters(), train)
     history, steps = [], 0
     for epoch in range(train.epochs):
@@ -45,12 +50,16 @@ def train_reference(
             if max_steps is not None and steps >= max_steps:
                 break
             x, y = data.train_x[idx], data.train_y[idx]
+            model.train()
             opt.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
-            (loss_sum / len(y)).backward()
+            m = min(train.micro_batches, len(y))
+            for mb, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
+                set_dropout_step(model, steps, mb)
+                logits = model(xm)  # (b, classes)
+                loss_sum = F.cross_entropy(logits, ym, reduction="sum")
+                (loss_sum / len(y)).backward()  # sums to the batch mean over micro-batches
+                stats.add(logits.detach(), ym, loss_sum.detach())
             opt.step()
-            stats.add(logits.detach(), y, loss_sum.detach())
             steps += 1
         seconds = time.perf_counter() - t0
         val = evaluate(model, data.val_x, data.val_y, val_batch_size)

@@ -15,6 +15,7 @@ import torch
 
 from ..config import DatasetConfig, TrainConfig
 from ..errors import ConfigError
+from ..plan.layers import SampleShape
 from ..settings import Settings
 from .data import Dataset, batch_indices, load_dataset
 from .messages import Msg
@@ -22,13 +23,13 @@ from .messages import Msg
 __all__ = ["dataset_messages", "prefetched", "training_data"]
 
 
-def training_data(dataset: DatasetConfig, settings: Settings, in_features: int) -> Dataset:
-    """Stage 0's dataset, checked against the width of the model's first layer."""
+def training_data(dataset: DatasetConfig, settings: Settings, sample: SampleShape) -> Dataset:
+    """Stage 0's dataset, checked against the sample shape the model was planned for."""
     data = load_dataset(dataset, settings.data_dir, settings.download)
-    if data.num_features != in_features:
+    if data.sample_shape != sample.shape:
         raise ConfigError(
-            "model_config.layer_sizes[0]",
-            f"dataset {dataset.name} has {data.num_features} features per sample but layer 0 takes {in_features}",
+            "dataset_config.name",
+            f"{dataset.name}'s samples have shape {list(data.sample_shape)}, the model expects {list(sample.shape)}",
         )
     return data
 

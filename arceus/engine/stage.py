@@ -20,6 +20,7 @@ import redis
 import torch
 import torch.nn.functional as F
 
+from ..config import CLASSES
 from ..errors import ConfigError, ProtocolError, RunAborted, TrainingDiverged
 from ..events import EventLog
 from ..liveness import HEARTBEAT_S, RunLiveness
@@ -31,7 +32,7 @@ from .device import pick_device
 from .links import StageLinks
 from .messages import Msg
 from .metrics import EpochReport, EpochStats
-from .model import Shard, build_shard
+from .model import SeededDropout, Shard, build_shard, set_dropout_step
 from .optim import make_optimizer
 from .saved import SavedTensorMeter
 from .source import dataset_messages, training_data
@@ -60,7 +61,7 @@ class StageRunner:
         # A worker passes the shard it holds in memory, on the device it chose; otherwise
         # build the shard from the seed on the run's device.
         if model is None:
-            model = build_shard(spec.job.model, shard.start_layer, shard.end_layer, spec.train.seed)
+            model = build_shard(spec.job, shard.start_layer, shard.end_layer, spec.train.seed)
             model.to(pick_device(spec.device_for(stage)))
         elif (model.start, model.end) != (shard.start_layer, shard.end_layer):
             raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")
@@ -69,7 +70,9 @@ class StageRunner:
         self.saved = SavedTensorMeter(model.parameters())
         self.schedule = SCHEDULES[spec.train.schedule]
         self.liveness, self.events = RunLiveness(r, spec.keys), EventLog(r, spec.keys)
-        self.data = training_data(spec.job.dataset, settings, model.in_features) if self.first else None
+        self.data = training_data(spec.job.dataset, settings, model.input) if self.first else None
+        self.classes = CLASSES[spec.job.dataset.name]
+        self.dropout = any(isinstance(m, SeededDropout) for m in model.modules())
         self.links = StageLinks(r, spec, stage, settings, self.liveness, self.who, self.device)
 
     # ----------------------------------------------------------------- main loop
@@ -97,7 +100,7 @@ class StageRunner:
     def _messages(self) -> Iterator[Msg]:
         if self.first:
             return dataset_messages(self.data, self.spec.job.dataset, self.spec.train, self.device)
-        return self.links.forward_messages(self.model.in_features)
+        return self.links.forward_messages(self.model.input)
 
     def _loop(self) -> None:
         msgs = self._messages()
@@ -147,10 +150,14 @@ class StageRunner:
         x = msg.x
         if not self.first:
             x.requires_grad_(True)
+        if not self.model.training:
+            self.model.train()
+        if self.dropout:
+            set_dropout_step(self.model, h0["step"], mb)
         with self.saved.counting():
-            out = self.model(x)  # (b, out_features)
+            out = self.model(x)  # (b, *output shape)
             if self.last:
-                y = self.links.labels(msg, self.model.out_features)
+                y = self.links.labels(msg, self.classes)
                 loss_sum = F.cross_entropy(out, y, reduction="sum")
         if self.last:
             step.pending.append((out.detach(), y, loss_sum.detach()))  # counted after the sends
@@ -194,9 +201,11 @@ class StageRunner:
     @torch.no_grad()
     def _eval_batch(self, msg: Msg, stats: EpochStats) -> None:
         t0 = time.perf_counter()
+        if self.model.training:
+            self.model.eval()
         out = self.model(msg.x)
         if self.last:
-            y = self.links.labels(msg, self.model.out_features)
+            y = self.links.labels(msg, self.classes)
             stats.add(out, y, F.cross_entropy(out, y, reduction="sum"))
         self.links.metrics.compute_s += time.perf_counter() - t0
         if not self.last:

@@ -31,7 +31,7 @@ class RunSpec:
     def new(
         cls, job: JobConfig, train: TrainConfig, num_stages: int, job_id: str | None = None, device: str | None = None
     ) -> RunSpec:
-        stages = tuple(plan(job.model.num_layers, num_stages))
+        stages = tuple(plan(job.layers, num_stages))
         return cls(
             job_id=job_id or uuid.uuid4().hex[:12],
             run_id=uuid.uuid4().hex[:12],
@@ -53,12 +53,13 @@ class RunSpec:
         """Refuse a run whose largest activation would exceed what a receiver may decode
         (the API before it enqueues the run, and every stage before it starts)."""
         rows = max(self.job.dataset.batch_size, self.job.dataset.val_batch_size)
-        width = max(self.job.model.layer_sizes)
+        crossing = [self.job.layers[s.end_layer - 1].output for s in self.stages[:-1]]
+        width = max((shape.numel for shape in crossing), default=0)
         if rows * width > max_payload_elements:
             raise ConfigError(
                 "dataset_config.val_batch_size",
-                f"a batch of {rows} rows x {width} features = {rows * width} values exceeds the payload limit of "
-                f"{max_payload_elements}; use smaller batches",
+                f"a batch of {rows} rows x {width} values per sample = {rows * width} values exceeds the payload "
+                f"limit of {max_payload_elements}; use smaller batches",
             )
 
     def device_for(self, stage: int) -> str | None:

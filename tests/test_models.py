@@ -1,0 +1,158 @@
+"""Models beyond the MLP: every layer kind built from data, split anywhere, trained exactly as one process."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_mnist
+
+import arceus
+from arceus.config import SEED_JOB, DatasetConfig, JobConfig, ModelConfig, TrainConfig
+from arceus.engine.data import load_dataset
+from arceus.engine.model import Shard, layer_seed
+from arceus.engine.reference import train_reference
+from arceus.errors import ConfigError
+from arceus.launch.stages import train_local
+from arceus.plan.layers import KINDS, SampleShape, resolve
+
+CNN = [
+    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "relu"},
+    {"type": "dropout", "p": 0.1}, {"type": "linear", "out_features": 10},
+]  # fmt: skip
+GPT = [
+    {"type": "embedding", "num_embeddings": 256, "embedding_dim": 128},
+    {"type": "positional_embedding", "num_positions": 128, "embedding_dim": 128},
+    {"type": "transformer_block", "d_model": 128, "n_heads": 4, "mlp_ratio": 4, "dropout": 0.0},
+    {"type": "transformer_block", "d_model": 128, "n_heads": 4, "mlp_ratio": 4, "dropout": 0.0},
+    {"type": "layernorm"}, {"type": "linear", "out_features": 256},
+]  # fmt: skip
+# Every vision kind, each with its options, in two models that fit 28x28 MNIST samples.
+KINDS_A = [
+    {"type": "conv2d", "out_channels": 6, "kernel_size": [3, 5], "padding": [1, 2]}, {"type": "batchnorm2d"},
+    {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "stride": 2, "groups": 2, "bias": False},
+    {"type": "gelu"}, {"type": "avgpool2d", "kernel_size": 2, "stride": 1},
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 1}, {"type": "adaptiveavgpool2d", "output_size": [3, 3]},
+    {"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "tanh"}, {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out_features": 10},
+]  # fmt: skip
+KINDS_B = [
+    {"type": "flatten", "start_dim": 2}, {"type": "batchnorm1d"},  # (1, 784): channels and a length
+    {"type": "flatten"}, {"type": "linear", "out_features": 48}, {"type": "layernorm"}, {"type": "gelu",
+    "approximate": "tanh"}, {"type": "dropout", "p": 0.5},
+    {"type": "linear", "out_features": 24, "in_features": 48}, {"type": "batchnorm1d", "momentum": 0.3},
+    {"type": "relu"}, {"type": "linear", "out_features": 10},
+]  # fmt: skip
+
+
+def test_every_listed_kind_is_supported():
+    required = "linear conv2d maxpool2d avgpool2d adaptiveavgpool2d flatten relu gelu tanh dropout batchnorm1d " \
+               "batchnorm2d layernorm embedding positional_embedding transformer_block"  # fmt: skip
+    assert set(required.split()) <= set(KINDS)
+    covered = {layer["type"] for model in (CNN, GPT, KINDS_A, KINDS_B) for layer in model}
+    assert covered == set(KINDS)
+
+
+@pytest.mark.parametrize(("layers", "sample", "ids", "out"), [
+    (CNN, (1, 28, 28), False, (10,)), (KINDS_A, (1, 28, 28), False, (10,)), (KINDS_B, (1, 28, 28), False, (10,)),
+    (GPT, (64,), True, (64, 256)),
+])  # fmt: skip
+def test_build_model_is_a_sequential_whose_shapes_and_sizes_match_the_plan(layers, sample, ids, out):
+    model = arceus.build_model({"layers": layers}, sample, seed=3, ids=ids)
+    planned = resolve(layers, SampleShape(sample, ids))
+    assert isinstance(model, torch.nn.Sequential) and len(model) == len(layers)
+    x = torch.randint(0, 256, (2, *sample)) if ids else torch.randn(2, *sample)
+    model.eval()
+    assert model(x).shape == (2, *out)
+    for layer, module in zip(planned, model, strict=True):
+        assert sum(p.numel() for p in module.parameters()) == layer.params, layer.type
+    # Parameter names are the layers' indices in the model: what checkpoints and exports use.
+    assert {k.split(".")[0] for k in model.state_dict()} == {str(i) for i, p in enumerate(planned) if p.params} | {
+        str(i) for i, p in enumerate(planned) if p.type.startswith("batchnorm")
+    }
+
+
+@pytest.mark.parametrize("layers", [CNN, KINDS_A, GPT])
+def test_any_slice_starts_with_the_weights_of_the_whole(layers):
+    ids = layers is GPT
+    planned = resolve(layers, SampleShape((64,) if ids else (1, 28, 28), ids))
+    whole = Shard(planned, 0, len(planned), seed=5).state_dict()
+    for start, end in ((0, 2), (2, len(planned)), (1, len(planned) - 1)):
+        part = Shard(planned, start, end, seed=5).state_dict()
+        assert part and set(part) <= set(whole)
+        for name, tensor in part.items():
+            assert torch.equal(tensor, whole[name]), name
+
+
+def test_layer_sizes_models_keep_the_weights_they_always_had():
+    model = arceus.build_model(SEED_JOB["model_config"], (1, 28, 28), seed=7)
+    for k, (name, fan_in) in enumerate((("1", 784), ("3", 128), ("5", 64))):
+        g = torch.Generator().manual_seed(layer_seed(7, k))
+        bound = 1 / math.sqrt(fan_in)
+        weight = torch.empty_like(model.get_submodule(name).weight).uniform_(-bound, bound, generator=g)
+        bias = torch.empty_like(model.get_submodule(name).bias).uniform_(-bound, bound, generator=g)
+        assert torch.equal(model.get_submodule(name).weight, weight) and torch.equal(
+            model.get_submodule(name).bias, bias
+        )
+
+
+@pytest.mark.parametrize(("layers", "field", "message"), [
+    ([{"type": "conv3d"}], "model_config.layers[0].type", "unknown layer type 'conv3d'"),
+    ([{"type": "linear"}], "model_config.layers[0].out_features", "is required for linear"),
+    ([{"type": "linear", "out_features": 10, "colour": 1}], "model_config.layers[0].colour", "not a field of linear"),
+    ([{"type": "conv2d", "out_channels": 4, "kernel_size": 0}], "model_config.layers[0].kernel_size", "between 1"),
+    ([{"type": "flatten"}, {"type": "linear", "in_features": 100, "out_features": 10}],
+     "model_config.layers[1].in_features", "is 100, but the input reaching it gives 784"),
+    ([{"type": "flatten"}, {"type": "conv2d", "out_channels": 4, "kernel_size": 3}], "model_config.layers[1]",
+     r"conv2d needs \(channels, height, width\), got a sample of shape \[784\]"),
+    ([{"type": "conv2d", "out_channels": 4, "kernel_size": 29}], "model_config.layers[0]", "does not fit"),
+    ([{"type": "embedding", "num_embeddings": 10, "embedding_dim": 4}], "model_config.layers[0].type",
+     "takes token ids"),
+    ([{"type": "flatten"}, {"type": "linear", "out_features": 5}], "model_config.layers[1]", "needs 10 class scores"),
+    ([{"type": "dropout", "p": 1.5}], "model_config.layers[0].p", "between 0.0 and 0.99"),
+])  # fmt: skip
+def test_bad_layer_configs_name_the_layer_and_the_field(layers, field, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        JobConfig.parse({"model_config": {"layers": layers}})
+    assert e.value.field == field
+
+
+@pytest.fixture
+def small_mnist(settings):
+    write_mnist(settings.data_dir, n_train=640, n_val=128)
+    return settings.data_dir
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("name", "layers", "stages"), [("kinds_a", KINDS_A, 3), ("kinds_b", KINDS_B, 3),
+                                                         ("cnn", CNN, 2)])  # fmt: skip
+def test_a_split_model_trains_exactly_as_one_process(redis_url, settings, small_mnist, name, layers, stages, schedule):
+    """fp32 wire, dropout on, BatchNorm's per-micro-batch statistics: the weights (and running
+    statistics) after 10 steps equal the unsplit model's, trained on the same micro-batches."""
+    job = JobConfig(ModelConfig(layers=tuple(layers)), DatasetConfig(batch_size=64, val_batch_size=128))
+    train = TrainConfig(epochs=1, learning_rate=0.05, momentum=0.9, micro_batches=4, wire="fp32", seed=2,
+                        schedule=schedule)  # fmt: skip
+    result = train_local(job, train, stages, redis_url, settings, keep_weights=True)
+    model, history = train_reference(job.model, load_dataset(job.dataset, small_mnist), train, 64, 128)
+    ref = model.state_dict()
+    assert set(result.weights) == set(ref)
+    for key, tensor in ref.items():
+        torch.testing.assert_close(result.weights[key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert result.epochs[0][key] == pytest.approx(history[0][key], rel=1e-4, abs=1e-5), key
+
+
+def test_the_docs_list_every_kind_with_its_fields_and_the_examples_parse():
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "models.md").read_text()
+    for kind in KINDS.values():
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{kind.name}` |"))
+        assert all(f"`{name}`" in row for name in kind.args), kind.name
+    for example in sorted((root / "examples").glob("*.json")):
+        JobConfig.parse(json.loads(example.read_text()))
