@@ -86,6 +86,18 @@ class DatasetConfigSchema(_Strict):
         strict=True, validate=validate.Range(1, MAX_BATCH), load_default=DatasetConfig.val_batch_size
     )
     normalize = fields.Nested(NormalizeSchema)
+    path = fields.String(
+        allow_none=True,
+        validate=validate.Length(1, 512),
+        metadata={"description": "text: a file under ARCEUS_DATA_DIR (default: Python's own sources)"},
+    )
+    block_size = fields.Integer(
+        strict=True, validate=validate.Range(1, 1 << 14), metadata={"description": "text: bytes a sample sees"}
+    )
+    val_fraction = fields.Float(
+        validate=validate.Range(0, 0.5, min_inclusive=False),
+        metadata={"description": "text: the last part of the file kept for validation"},
+    )
 
 
 class JobCreateSchema(_Strict):
@@ -213,6 +225,8 @@ class EpochSchema(Schema):
     samples_per_s = fields.Float()
     seconds = fields.Float(metadata={"description": "training seconds of the epoch (evaluation excluded)"})
     samples = fields.Integer()
+    tokens_per_s = fields.Float(metadata={"description": "text: bytes predicted per second"})
+    val_bits_per_byte = fields.Float(metadata={"description": "text: val_loss in bits"})
 
 
 class StageEpochSchema(Schema):

@@ -30,10 +30,9 @@ __all__ = [
     "TrainConfig",
 ]
 
-DATASETS = ("MNIST", "FashionMNIST", "digits")
-# One sample as the first layer sees it, and the number of classes, per dataset.
-SAMPLE_SHAPES = {name: SampleShape((1, 28, 28)) for name in DATASETS}
-CLASSES = {name: 10 for name in DATASETS}
+DATASETS = ("MNIST", "FashionMNIST", "digits", "text")
+TEXT_ONLY = {"path", "block_size", "val_fraction"}
+IMAGE_ONLY = {"normalize"}
 # User-facing wire name -> codec registered in arceus.wire (tests/test_config.py checks they exist;
 # config imports no torch, so it cannot ask the registry itself).
 WIRE_CODECS = {"fp32": "raw", "fp16": "fp16", "int8": "int8"}
@@ -146,18 +145,37 @@ class DatasetConfig:
     name: str = "MNIST"
     batch_size: int = 256
     val_batch_size: int = 1000
-    # Per-channel normalization applied once when the dataset is loaded.
+    # Per-channel normalization applied once when the dataset is loaded (images).
     mean: tuple[float, ...] = (0.1307,)
     std: tuple[float, ...] = (0.3081,)
+    # text: a file under ARCEUS_DATA_DIR (None: the offline stand-in, Python's own stdlib
+    # sources), cut into blocks of block_size + 1 bytes; its last val_fraction is validation.
+    path: str | None = None
+    block_size: int = 128
+    val_fraction: float = 0.1
 
     @classmethod
     def parse(cls, data: Any) -> DatasetConfig:
-        data = _check_keys("dataset_config", data, {"name", "batch_size", "val_batch_size", "normalize"})
+        keys = {"name", "batch_size", "val_batch_size", "normalize", "path", "block_size", "val_fraction"}
+        data = _check_keys("dataset_config", data, keys)
         name = data.get("name", cls.name)
         if name not in DATASETS:
             raise ConfigError("dataset_config.name", f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+        only = TEXT_ONLY if name != "text" else IMAGE_ONLY
+        for key in sorted(only & set(data)):
+            raise ConfigError(f"dataset_config.{key}", f"does not apply to the {name} dataset")
         bs = _int("dataset_config.batch_size", data.get("batch_size", cls.batch_size), 1, MAX_BATCH)
         vbs = _int("dataset_config.val_batch_size", data.get("val_batch_size", cls.val_batch_size), 1, MAX_BATCH)
+        if name == "text":
+            path = data.get("path")
+            if path is not None and (not isinstance(path, str) or not _relative_path(path)):
+                raise ConfigError(
+                    "dataset_config.path", f"must be a relative path under ARCEUS_DATA_DIR without '..', got {path!r}"
+                )
+            block = _int("dataset_config.block_size", data.get("block_size", cls.block_size), 1, 1 << 14)
+            frac = _float("dataset_config.val_fraction", data.get("val_fraction", cls.val_fraction), 0.0, 0.5,
+                          lo_open=True)  # fmt: skip
+            return cls(name, bs, vbs, (), (), path, block, frac)
         mean, std = cls.mean, cls.std
         if "normalize" in data:
             norm = _check_keys("dataset_config.normalize", data["normalize"], {"mean", "std"})
@@ -170,13 +188,26 @@ class DatasetConfig:
                     raise ConfigError(f"dataset_config.normalize.std[{i}]", f"must be > 0, got {s}")
         return cls(name, bs, vbs, mean, std)
 
+    @property
+    def sample(self) -> SampleShape:
+        """One sample as the first layer sees it: (block_size,) byte ids for text."""
+        return SampleShape((self.block_size,), ids=True) if self.name == "text" else SampleShape((1, 28, 28))
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """The model's output per sample: class scores, or a next-byte score per position."""
+        return (self.block_size, 256) if self.name == "text" else (10,)
+
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "batch_size": self.batch_size,
-            "val_batch_size": self.val_batch_size,
-            "normalize": {"mean": list(self.mean), "std": list(self.std)},
-        }
+        out = {"name": self.name, "batch_size": self.batch_size, "val_batch_size": self.val_batch_size}
+        if self.name == "text":
+            return {**out, "path": self.path, "block_size": self.block_size, "val_fraction": self.val_fraction}
+        return {**out, "normalize": {"mean": list(self.mean), "std": list(self.std)}}
+
+
+def _relative_path(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    return bool(path) and not path.startswith(("/", "~")) and ":" not in path and ".." not in parts
 
 
 def _floats(field_name: str, value: Any) -> tuple[float, ...]:
@@ -267,7 +298,7 @@ class JobConfig:
     def layers(self) -> list[Layer]:
         """The model's layers, resolved from the dataset's sample shape (inferred sizes filled in)."""
         where = "model_config.layers" if self.model.layers else "model_config.layer_sizes"
-        sample = SAMPLE_SHAPES[self.dataset.name]
+        sample = self.dataset.sample
         try:
             layers = resolve(self.model.specs(), sample, where)
         except ConfigError as e:
@@ -278,12 +309,13 @@ class JobConfig:
                 "model_config.layer_sizes[0]",
                 f"is {self.model.layer_sizes[0]}, but {self.dataset.name} samples have {sample.numel} values",
             ) from e
-        out, classes = layers[-1].output.shape, CLASSES[self.dataset.name]
-        if len(out) != 1 or out[0] < classes:
+        out, want = layers[-1].output.shape, self.dataset.targets
+        # At least as many scores as classes (more are never the right answer, but harmless).
+        if len(out) != len(want) or out[:-1] != want[:-1] or out[-1] < want[-1]:
             last = len(self.model.layers or self.model.layer_sizes) - 1
+            needs = f"{want[0]} class scores" if len(want) == 1 else f"{list(want)} next-byte scores"
             raise ConfigError(
-                f"{where}[{last}]",
-                f"the model's output per sample is {list(out)}; {self.dataset.name} needs {classes} class scores",
+                f"{where}[{last}]", f"the model's output per sample is {list(out)}; {self.dataset.name} needs {needs}"
             )
         return layers
 

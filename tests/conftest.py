@@ -59,3 +59,29 @@ def unlisted_keys(r: redis.Redis) -> list[str]:
     """Keys in Redis that ``arceus.keys.LAYOUT`` does not list (Celery's own left out)."""
     found = (k.decode() for k in r.scan_iter(count=1000))
     return [k for k in found if keys.describe(k) is None and not k.startswith(CELERY_KEYS)]
+
+
+WORDS = ("the cat dog sat ran on a mat log red big small and then it was happy sad bird tree sun "
+         "over under quickly slowly").split()  # fmt: skip
+
+
+def write_corpus(path: Path, n_bytes: int = 60_000, seed: int = 0) -> float:
+    """A learnable text: sentences of 4 to 9 words from a small vocabulary, each word more likely
+    after some than others. Returns its unigram (byte) entropy in nats, the loss to beat."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    follow = {w: rng.sample(WORDS, 5) for w in WORDS}  # each word has five likely successors
+    out, word = [], rng.choice(WORDS)
+    while sum(len(s) for s in out) < n_bytes:
+        words = [word]
+        for _ in range(rng.randint(3, 8)):
+            word = rng.choice(follow[word]) if rng.random() < 0.9 else rng.choice(WORDS)
+            words.append(word)
+        out.append(" ".join(words).capitalize() + ". ")
+    text = "".join(out)[:n_bytes].encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text)
+    counts = [text.count(bytes([b])) for b in set(text)]
+    return -sum(c / len(text) * math.log(c / len(text)) for c in counts)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 from cluster import Cluster, free_port
-from conftest import unlisted_keys, write_mnist
+from conftest import unlisted_keys, write_corpus, write_mnist
 
 from arceus.control.jobs import JobStore
 from arceus.events import EventLog
@@ -121,6 +122,30 @@ def test_a_cnn_trains_through_the_api(cluster):
                                                              "out_features": 10}]}}  # fmt: skip
     status, resp = cluster.call("POST", "/api/jobs", bad)
     assert status == 400 and resp["message"].startswith("model_config.layers[1].in_features: is 100, but"), resp
+
+
+def test_a_character_gpt_trains_through_the_api(cluster):
+    """A byte-level GPT on a generated corpus, over 2 workers: the loss falls well below the
+    corpus's unigram entropy, which is all a model that ignores the context could reach."""
+    unigram = write_corpus(cluster.settings.data_dir / "corpus.txt")
+    layers = [
+        {"type": "embedding", "num_embeddings": 256, "embedding_dim": 32},
+        {"type": "positional_embedding", "num_positions": 32, "embedding_dim": 32},
+        {"type": "transformer_block", "d_model": 32, "n_heads": 2, "mlp_ratio": 4, "dropout": 0.0},
+        {"type": "layernorm"}, {"type": "linear", "out_features": 256},
+    ]  # fmt: skip
+    job = {"model_config": {"layers": layers}, "dataset_config": {"name": "text", "path": "corpus.txt",
+           "block_size": 32, "batch_size": 16, "val_batch_size": 64}}  # fmt: skip
+    job_id, _ = _job_with_workers(cluster, 2, job)
+    init = _initialize(cluster, job_id)
+    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 3), (3, 5)]
+    body = {"epochs": 3, "learning_rate": 0.3, "momentum": 0.9}
+    assert cluster.call("POST", f"/api/network/train/{job_id}", body)[0] == 200
+    job = cluster.wait_for(job_id, lambda j: j["status"] in ("completed", "failed"), 240, "training to end")
+    assert job["status"] == "completed", job["error"]
+    final = job["final_metrics"]
+    assert final["val_loss"] < 0.5 * unigram, (final, unigram)
+    assert final["val_bits_per_byte"] < 0.5 * unigram / math.log(2) and final["tokens_per_s"] > 0
 
 
 def test_restarting_the_api_loses_nothing(cluster):

@@ -42,3 +42,25 @@ def test_batch_order_is_seeded_and_covers_the_epoch():
     assert sorted(torch.cat(a).tolist()) == list(range(1000))
     assert all(torch.equal(x, y) for x, y in zip(a, batch_indices(1000, 256, seed=3, epoch=1), strict=True))
     assert not torch.equal(a[0], batch_indices(1000, 256, seed=3, epoch=2)[0])
+
+
+def test_text_is_cut_into_blocks_whose_targets_are_the_next_bytes(tmp_path):
+    text = bytes(range(256)) * 40  # 10,240 bytes
+    (tmp_path / "corpus.txt").write_bytes(text)
+    ds = load_dataset(DatasetConfig(name="text", path="corpus.txt", block_size=15, val_fraction=0.1), tmp_path)
+    # The first 9,216 bytes make 576 training blocks of 16; the last 1,024 make 64 validation blocks.
+    assert ds.train_x.shape == (576, 15) and ds.val_x.shape == (64, 15) and ds.sample_shape == (15,)
+    assert ds.train_x.dtype == torch.int64 and not ds.train_x.is_floating_point()
+    flat = torch.tensor(list(text[: 576 * 16])).view(576, 16)
+    assert torch.equal(ds.train_x, flat[:, :-1]) and torch.equal(ds.train_y, flat[:, 1:])
+    assert torch.equal(ds.val_x[0], torch.tensor(list(text[9216 : 9216 + 15])))
+
+
+def test_text_without_a_path_is_pythons_own_source_and_bad_paths_say_so(tmp_path):
+    ds = load_dataset(DatasetConfig(name="text", block_size=64), tmp_path)
+    assert len(ds.train_x) > 20_000 and int(ds.train_x.max()) < 256
+    with pytest.raises(DatasetUnavailable, match=r"missing.txt cannot be read .* relative to ARCEUS_DATA_DIR"):
+        load_dataset(DatasetConfig(name="text", path="missing.txt"), tmp_path)
+    (tmp_path / "short.txt").write_bytes(b"hello world")
+    with pytest.raises(DatasetUnavailable, match="gives 0 training and 0 validation blocks of 129 bytes"):
+        load_dataset(DatasetConfig(name="text", path="short.txt"), tmp_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_mnist
+from conftest import write_corpus, write_mnist
 
 import arceus
 from arceus.config import SEED_JOB, DatasetConfig, JobConfig, ModelConfig, TrainConfig
@@ -156,3 +156,33 @@ def test_the_docs_list_every_kind_with_its_fields_and_the_examples_parse():
         assert all(f"`{name}`" in row for name in kind.args), kind.name
     for example in sorted((root / "examples").glob("*.json")):
         JobConfig.parse(json.loads(example.read_text()))
+
+
+TINY_GPT = [
+    {"type": "embedding", "num_embeddings": 256, "embedding_dim": 32},
+    {"type": "positional_embedding", "num_positions": 32, "embedding_dim": 32},
+    {"type": "transformer_block", "d_model": 32, "n_heads": 2, "mlp_ratio": 4, "dropout": 0.1},
+    {"type": "dropout", "p": 0.1},
+    {"type": "transformer_block", "d_model": 32, "n_heads": 4, "mlp_ratio": 2, "dropout": 0.1},
+    {"type": "layernorm"}, {"type": "linear", "out_features": 256},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stages", "schedule"), [(2, "gpipe"), (3, "1f1b")])
+def test_a_split_gpt_trains_exactly_as_one_process(redis_url, settings, stages, schedule):
+    """Token ids stay on stage 0 (it holds the embedding); (B, T, D) activations cross; the
+    targets (B, T) reach the last stage exactly; dropout inside and between the blocks."""
+    write_corpus(settings.data_dir / "corpus.txt", n_bytes=12_000)
+    dataset = DatasetConfig(name="text", path="corpus.txt", block_size=24, batch_size=16, val_batch_size=32)
+    job = JobConfig(ModelConfig(layers=tuple(TINY_GPT)), dataset)
+    train = TrainConfig(epochs=1, learning_rate=0.1, momentum=0.9, micro_batches=4, wire="fp32", seed=4,
+                        schedule=schedule)  # fmt: skip
+    result = train_local(job, train, stages, redis_url, settings, keep_weights=True)
+    model, history = train_reference(job.model, load_dataset(dataset, settings.data_dir), train, 16, 32)
+    for key, tensor in model.state_dict().items():
+        torch.testing.assert_close(result.weights[key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+    epoch = result.epochs[0]
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert epoch[key] == pytest.approx(history[0][key], rel=1e-4, abs=1e-5), key
+    assert epoch["val_bits_per_byte"] == pytest.approx(epoch["val_loss"] / math.log(2))
+    assert epoch["tokens_per_s"] == pytest.approx(epoch["samples_per_s"] * 24)

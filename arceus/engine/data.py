@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from ..config import DatasetConfig
 from ..errors import DatasetUnavailable
+from ..plan.layers import SampleShape
 
 __all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize"]
 
@@ -42,6 +44,11 @@ class Dataset:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def sample(self) -> SampleShape:
+        """One sample's shape, and whether it holds token ids."""
+        return SampleShape(self.sample_shape, ids=not self.train_x.is_floating_point())
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -91,7 +98,57 @@ def load_digits() -> tuple[torch.Tensor, ...]:
     return images[train], labels[train], images[val], labels[val]
 
 
+# The offline text stand-in: this much of Python's own standard library sources.
+STANDIN_BYTES = 2 << 20
+
+
+def _text_bytes(cfg: DatasetConfig, data_dir: Path) -> bytes:
+    if cfg.path is not None:
+        path = Path(data_dir) / cfg.path
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise DatasetUnavailable(
+                f"the text file {path} cannot be read ({e.strerror or e}): dataset_config.path is relative to "
+                f"ARCEUS_DATA_DIR ({data_dir}); leave it out to train on the offline stand-in (Python's own sources)"
+            ) from None
+    # Every Python install has its standard library's sources: read in a fixed order.
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    chunks, size = [], 0
+    for f in sorted(stdlib.glob("*.py")):
+        chunks.append(f.read_bytes())
+        size += len(chunks[-1])
+        if size >= STANDIN_BYTES:
+            break
+    return b"".join(chunks)[:STANDIN_BYTES]
+
+
+def load_text(cfg: DatasetConfig, data_dir: Path) -> Dataset:
+    """Byte-level language modelling: samples are block_size byte ids, targets the bytes that
+    follow each. The file's first part is cut into non-overlapping blocks of block_size + 1
+    bytes (shuffled every epoch by the batch order), its last ``val_fraction`` likewise."""
+    raw = _text_bytes(cfg, data_dir)
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+    cut, span = int(len(data) * (1 - cfg.val_fraction)), cfg.block_size + 1
+
+    def blocks(part: torch.Tensor) -> torch.Tensor:  # (n, block_size + 1)
+        n = len(part) // span
+        return part[: n * span].view(n, span).long()
+
+    train, val = blocks(data[:cut]), blocks(data[cut:])
+    if not len(train) or not len(val):
+        raise DatasetUnavailable(
+            f"text of {len(data)} bytes gives {len(train)} training and {len(val)} validation blocks of "
+            f"{span} bytes: use a longer text or a smaller block_size"
+        )
+    return Dataset("text", train[:, :-1], train[:, 1:], val[:, :-1], val[:, 1:])
+
+
 def load_dataset(cfg: DatasetConfig, data_dir: Path, download: bool = False) -> Dataset:
+    if cfg.name == "text":
+        ds = load_text(cfg, data_dir)
+        log.info("loaded text: %d training and %d validation blocks", len(ds.train_y), len(ds.val_y))
+        return ds
     if cfg.name == "digits":
         tx, ty, vx, vy = load_digits()
     else:

@@ -113,14 +113,17 @@ class StageLinks:
                 y = decode(msg.y_wire, self.max_elements)
             except PayloadError as e:
                 raise PayloadError(f"{self.who}: labels: {e}") from e
+            if not y.is_floating_point():
+                y = y.long()  # compared with the class count below: 256 does not fit a uint8
             if (
-                y.dim() != 1
+                y.dim() not in (1, 2)
                 or len(y) != len(msg.x)
                 or y.is_floating_point()
-                or (len(y) and not 0 <= y.min() <= y.max() < classes)
+                or (y.numel() and not 0 <= y.min() <= y.max() < classes)
             ):
                 raise ProtocolError(
-                    f"{self.who}: labels must be {len(msg.x)} integers in [0, {classes}), got {y.dtype} {list(y.shape)}"
+                    f"{self.who}: labels must be {len(msg.x)} {'rows of ' if y.dim() == 2 else ''}integers "
+                    f"in [0, {classes}), got {y.dtype} {list(y.shape)}"
                 )
         return y.to(self.device, torch.long)
 

@@ -3,16 +3,18 @@ and the progress and epoch events the last stage writes from them."""
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from ..events import EventLog
 
-__all__ = ["EpochReport", "EpochStats", "StageMetrics", "peak_rss_mb"]
+__all__ = ["EpochReport", "EpochStats", "StageMetrics", "loss_sum_of", "peak_rss_mb"]
 
 PROGRESS_EVERY_S = 0.5
 
@@ -62,31 +64,41 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
+def loss_sum_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over every prediction: (b, classes) vs (b,), or (b, T, 256) vs (b, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+
+
 @dataclass
 class EpochStats:
-    """Sums over samples, so loss and accuracy are sample-weighted whatever the batch sizes."""
+    """Sums over predictions (one per sample, or one per position for text), so loss and
+    accuracy are weighted alike whatever the batch sizes."""
 
     loss_sum: float = 0.0
     correct: int = 0
     samples: int = 0
+    predictions: int = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
         self.loss_sum += float(loss_sum)
-        self.correct += int((logits.argmax(dim=1) == labels).sum())
+        self.correct += int((logits.argmax(dim=-1) == labels).sum())
         self.samples += len(labels)
+        self.predictions += labels.numel()
 
     def merge(self, other: EpochStats) -> None:
         self.loss_sum += other.loss_sum
         self.correct += other.correct
         self.samples += other.samples
+        self.predictions += other.predictions
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+        """Mean cross-entropy per prediction, in nats."""
+        return self.loss_sum / max(self.predictions, 1)
 
     @property
     def accuracy(self) -> float:
-        return self.correct / max(self.samples, 1)
+        return self.correct / max(self.predictions, 1)
 
 
 class EpochReport:
@@ -94,8 +106,8 @@ class EpochReport:
     them: ``progress`` at most every ``PROGRESS_EVERY_S`` (the first step at once) and
     ``epoch`` once the epoch's evaluation is done."""
 
-    def __init__(self, events: EventLog, epochs: int) -> None:
-        self.events, self.epochs = events, epochs
+    def __init__(self, events: EventLog, epochs: int, text: bool = False) -> None:
+        self.events, self.epochs, self.text = events, epochs, text
         self.train, self.val = EpochStats(), EpochStats()
         self._last_progress = 0.0
 
@@ -111,9 +123,12 @@ class EpochReport:
     def epoch_done(self, header: dict) -> None:
         """``header`` is the ``eval_end`` marker's: it carries the epoch's training seconds."""
         secs, train, val = header["train_seconds"], self.train, self.val
+        # Text: per byte predicted; bits per byte is the loss in bits.
+        text = {"tokens_per_s": train.predictions / secs if secs > 0 else 0.0,
+                "val_bits_per_byte": val.loss / math.log(2)} if self.text else {}  # fmt: skip
         self.events.emit(
             "epoch", epoch=header["epoch"] + 1, epochs=self.epochs,
             train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
-            samples_per_s=train.samples / secs if secs > 0 else 0.0, seconds=secs, samples=train.samples,
+            samples_per_s=train.samples / secs if secs > 0 else 0.0, seconds=secs, samples=train.samples, **text,
         )  # fmt: skip
         self.train, self.val = EpochStats(), EpochStats()

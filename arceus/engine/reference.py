@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ModelConfig, TrainConfig
-from ..plan.layers import SampleShape, resolve
+from ..plan.layers import resolve
 from .data import Dataset, batch_indices
-from .metrics import EpochStats
+from .metrics import EpochStats, loss_sum_of
 from .model import Shard, set_dropout_step
 from .optim import make_optimizer
 
@@ -24,7 +23,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     for start in range(0, len(y), batch_size):
         logits = model(x[start : start + batch_size])
         labels = y[start : start + batch_size]
-        stats.add(logits, labels, F.cross_entropy(logits, labels, reduction="sum"))
+        stats.add(logits, labels, loss_sum_of(logits, labels))
     return stats
 
 
@@ -40,7 +39,7 @@ def train_reference(
 
     Each batch is cut into ``train.micro_batches`` micro-batches whose gradients accumulate, as
     the pipeline does: BatchNorm's statistics and dropout's masks are then those of the pipeline."""
-    layers = resolve(model_cfg.specs(), SampleShape(data.sample_shape))
+    layers = resolve(model_cfg.specs(), data.sample)
     model = Shard(layers, 0, len(layers), train.seed)
     opt = make_optimizer(model.parameters(), train)
     history, steps = [], 0
@@ -55,9 +54,9 @@ def train_reference(
             m = min(train.micro_batches, len(y))
             for mb, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
                 set_dropout_step(model, steps, mb)
-                logits = model(xm)  # (b, classes)
-                loss_sum = F.cross_entropy(logits, ym, reduction="sum")
-                (loss_sum / len(y)).backward()  # sums to the batch mean over micro-batches
+                logits = model(xm)  # (b, classes) or (b, T, 256)
+                loss_sum = loss_sum_of(logits, ym)
+                (loss_sum / y.numel()).backward()  # sums to the batch's mean over the micro-batches
                 stats.add(logits.detach(), ym, loss_sum.detach())
             opt.step()
             steps += 1

@@ -26,7 +26,7 @@ __all__ = ["dataset_messages", "prefetched", "training_data"]
 def training_data(dataset: DatasetConfig, settings: Settings, sample: SampleShape) -> Dataset:
     """Stage 0's dataset, checked against the sample shape the model was planned for."""
     data = load_dataset(dataset, settings.data_dir, settings.download)
-    if data.sample_shape != sample.shape:
+    if data.sample != sample:
         raise ConfigError(
             "dataset_config.name",
             f"{dataset.name}'s samples have shape {list(data.sample_shape)}, the model expects {list(sample.shape)}",

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 import torch
-import torch.nn.functional as F
 
-from ..config import CLASSES
 from ..errors import ConfigError, ProtocolError, RunAborted, TrainingDiverged
 from ..events import EventLog
 from ..liveness import HEARTBEAT_S, RunLiveness
@@ -31,7 +29,7 @@ from ..wire import encode
 from .device import pick_device
 from .links import StageLinks
 from .messages import Msg
-from .metrics import EpochReport, EpochStats
+from .metrics import EpochReport, EpochStats, loss_sum_of
 from .model import SeededDropout, Shard, build_shard, set_dropout_step
 from .optim import make_optimizer
 from .saved import SavedTensorMeter
@@ -71,7 +69,7 @@ class StageRunner:
         self.schedule = SCHEDULES[spec.train.schedule]
         self.liveness, self.events = RunLiveness(r, spec.keys), EventLog(r, spec.keys)
         self.data = training_data(spec.job.dataset, settings, model.input) if self.first else None
-        self.classes = CLASSES[spec.job.dataset.name]
+        self.classes = spec.job.dataset.targets[-1]  # scores per prediction: classes, or 256 next bytes
         self.dropout = any(isinstance(m, SeededDropout) for m in model.modules())
         self.links = StageLinks(r, spec, stage, settings, self.liveness, self.who, self.device)
 
@@ -104,7 +102,7 @@ class StageRunner:
 
     def _loop(self) -> None:
         msgs = self._messages()
-        report = EpochReport(self.events, self.spec.train.epochs)  # written by the last stage only
+        report = EpochReport(self.events, self.spec.train.epochs, text=self.spec.job.dataset.name == "text")
         last_check = time.monotonic()
         for msg in msgs:
             if time.monotonic() - last_check > HEARTBEAT_S:  # a busy stage notices a stop too
@@ -158,10 +156,11 @@ class StageRunner:
             out = self.model(x)  # (b, *output shape)
             if self.last:
                 y = self.links.labels(msg, self.classes)
-                loss_sum = F.cross_entropy(out, y, reduction="sum")
+                loss_sum = loss_sum_of(out, y)
         if self.last:
             step.pending.append((out.detach(), y, loss_sum.detach()))  # counted after the sends
-            step.outputs[mb] = loss_sum / h["bs"]  # sums to the batch mean over micro-batches
+            # Sums to the batch's mean over its predictions (every position for text) over the micro-batches.
+            step.outputs[mb] = loss_sum / (h["bs"] * y[0].numel())
         else:
             step.outputs[mb] = out
         step.inputs[mb] = x
@@ -206,7 +205,7 @@ class StageRunner:
         out = self.model(msg.x)
         if self.last:
             y = self.links.labels(msg, self.classes)
-            stats.add(out, y, F.cross_entropy(out, y, reduction="sum"))
+            stats.add(out, y, loss_sum_of(out, y))
         self.links.metrics.compute_s += time.perf_counter() - t0
         if not self.last:
             self.links.send_forward(msg.header, out, msg, "evaluation activations")
