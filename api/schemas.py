@@ -109,6 +109,9 @@ def _option_field(o: Option) -> fields.Field:
     meta = {"description": o.help}
     if o.choices:
         return fields.String(validate=validate.OneOf(o.choices), load_default=o.default, metadata=meta)
+    if o.type is tuple:
+        item = fields.Float(validate=validate.Range(o.low, o.high))
+        return fields.List(item, validate=validate.Length(2, 2), load_default=list(o.default), metadata=meta)
     if o.type is int:
         return fields.Integer(
             strict=True, validate=validate.Range(o.low, o.high), load_default=o.default, metadata=meta

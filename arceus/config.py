@@ -221,8 +221,8 @@ class Option:
     """One training option: its type and default, its range or its choices, and what it means."""
 
     name: str
-    type: type
-    default: int | float | str
+    type: type  # int, float, str, or tuple: two floats
+    default: int | float | str | tuple
     help: str
     low: float | None = None
     high: float | None = None
@@ -237,6 +237,11 @@ class Option:
             return value
         if self.type is int:
             return _int(self.name, value, int(self.low), int(self.high))
+        if self.type is tuple:
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise ConfigError(self.name, f"must be a list of 2 numbers, got {value!r}")
+            return tuple(_float(f"{self.name}[{i}]", v, self.low, self.high, lo_open=self.low_open)
+                         for i, v in enumerate(value))  # fmt: skip
         return _float(self.name, value, self.low, self.high, lo_open=self.low_open)
 
 
@@ -244,8 +249,14 @@ TRAIN_OPTIONS: dict[str, Option] = {
     o.name: o
     for o in (
         Option("epochs", int, 10, "passes over the training set", 1, 10_000),
-        Option("learning_rate", float, 0.1, "SGD step size", 0.0, 100.0, low_open=True),
+        Option("learning_rate", float, 0.1, "step size", 0.0, 100.0, low_open=True),
+        Option("optimizer", str, "sgd", "sgd (with momentum) or adamw (betas, eps)", choices=("sgd", "adamw")),
         Option("momentum", float, 0.0, "SGD momentum", 0.0, 0.999),
+        Option("betas", tuple, (0.9, 0.999), "AdamW's decay rates of its two moment estimates", 0.0, 0.9999),
+        Option("eps", float, 1e-8, "AdamW's term added to the denominator", 1e-12, 1.0),
+        Option("weight_decay", float, 0.0, "decoupled weight decay (AdamW), L2 penalty (SGD)", 0.0, 1.0),
+        Option("grad_clip", float, 0.0, "clip the global gradient norm, over all stages, to this (0: off)",
+               0.0, 1e6),
         Option("micro_batches", int, 1, "micro-batches per mini-batch; gradients accumulate over them", 1, 1024),
         Option("wire", str, "int8", "codec of activations and gradients between stages", choices=tuple(WIRE_CODECS)),
         Option("schedule", str, "gpipe", "pipeline schedule", choices=SCHEDULES),
@@ -263,7 +274,13 @@ def _default(name: str) -> Any:
 class TrainConfig:
     epochs: int = _default("epochs")
     learning_rate: float = _default("learning_rate")
+    optimizer: str = _default("optimizer")
     momentum: float = _default("momentum")
+    betas: tuple[float, float] = _default("betas")
+    eps: float = _default("eps")
+    weight_decay: float = _default("weight_decay")
+    # Largest global gradient norm (all stages together); 0 leaves gradients as they are.
+    grad_clip: float = _default("grad_clip")
     # Micro-batches per mini-batch; gradients are accumulated over them.
     micro_batches: int = _default("micro_batches")
     wire: str = _default("wire")
@@ -277,7 +294,7 @@ class TrainConfig:
         return cls(**{name: o.check(data.get(name, o.default)) for name, o in TRAIN_OPTIONS.items()})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

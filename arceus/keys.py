@@ -137,6 +137,11 @@ class RunKeys:
         return f"{self.prefix}:claimed:{stage}"
 
     @property
+    def grad_norms(self) -> str:
+        """Hash: "<step>:<stage>" -> the stage's per-parameter gradient norms (JSON), for clipping."""
+        return f"{self.prefix}:gradnorms"
+
+    @property
     def finished(self) -> str:
         """Counter: stages whose task finished; the last one marks the job completed."""
         return f"{self.prefix}:finished"
@@ -166,6 +171,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (_RUN.ready, "string", "the start barrier"),
     (_RUN.claimed("*"), "string", "which host runs a stage"),
     (_RUN.finished, "string", "stages finished"),
+    (_RUN.grad_norms, "hash", "every stage's gradient norms of a step"),
 )
 
 

@@ -31,6 +31,7 @@ def test_the_key_layout():
         "ready": run.ready,
         "claimed": run.claimed(0),
         "finished": run.finished,
+        "grad norms": run.grad_norms,
     } == {
         "jobs": "arceus:jobs",
         "job": "arceus:job:j1",
@@ -52,6 +53,7 @@ def test_the_key_layout():
         "ready": "arceus:job:j1:run:r1:ready",
         "claimed": "arceus:job:j1:run:r1:claimed:0",
         "finished": "arceus:job:j1:run:r1:finished",
+        "grad norms": "arceus:job:j1:run:r1:gradnorms",
     }
     # Every key above is in LAYOUT, under its own (most specific) meaning.
     assert keys.describe(run.fwd(2)) == "activations into a stage"

@@ -1,5 +1,6 @@
 """Models beyond the MLP: every layer kind built from data, split anywhere, trained exactly as one process."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -186,3 +187,34 @@ def test_a_split_gpt_trains_exactly_as_one_process(redis_url, settings, stages, 
         assert epoch[key] == pytest.approx(history[0][key], rel=1e-4, abs=1e-5), key
     assert epoch["val_bits_per_byte"] == pytest.approx(epoch["val_loss"] / math.log(2))
     assert epoch["tokens_per_s"] == pytest.approx(epoch["samples_per_s"] * 24)
+
+
+@pytest.mark.parametrize(("optimizer", "schedule"), [("adamw", "1f1b"), ("sgd", "gpipe")])
+def test_adamw_and_clipping_by_the_global_norm_equal_one_process(redis_url, settings, small_mnist, optimizer, schedule):
+    """The gradient norm is global: every stage's per-parameter norms meet in Redis, so each stage
+    scales its gradients as one process's clip_grad_norm_ scales them all."""
+    # No bias right before a norm: the norm cancels its gradient, and Adam would amplify the
+    # rounding noise left in its place (a property of the model, not of the split).
+    layers = [{"type": "flatten"}, {"type": "linear", "out_features": 48, "bias": False}, {"type": "layernorm"},
+              {"type": "gelu"}, {"type": "dropout", "p": 0.3}, {"type": "linear", "out_features": 24, "bias": False},
+              {"type": "batchnorm1d"}, {"type": "relu"}, {"type": "linear", "out_features": 10}]  # fmt: skip
+    job = JobConfig(ModelConfig(layers=tuple(layers)), DatasetConfig(batch_size=64, val_batch_size=128))
+    train = TrainConfig(epochs=1, learning_rate=0.01, optimizer=optimizer, momentum=0.9, betas=(0.8, 0.99),
+                        weight_decay=0.01, grad_clip=0.05, micro_batches=2, wire="fp32", seed=1,
+                        schedule=schedule)  # fmt: skip
+    result = train_local(job, train, 3, redis_url, settings, keep_weights=True)
+    data = load_dataset(job.dataset, small_mnist)
+    # Adam divides by the root of tiny second moments: a different float summation order (torch's
+    # thread count) alone moves its weights by ~3e-5 after 10 steps, SGD's by ~1e-7. The stages run
+    # one thread each, so the reference does too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clipped, _ = train_reference(job.model, data, train, 64, 128)
+        unclipped, _ = train_reference(job.model, data, dataclasses.replace(train, grad_clip=0.0), 64, 128)
+    finally:
+        torch.set_num_threads(threads)
+    for key, tensor in clipped.state_dict().items():
+        torch.testing.assert_close(result.weights[key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+    # The clip was at work: without it the weights end elsewhere.
+    assert not torch.allclose(unclipped.state_dict()["1.weight"], clipped.state_dict()["1.weight"], atol=1e-4)

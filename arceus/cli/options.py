@@ -16,7 +16,12 @@ def add_train_options(p: argparse.ArgumentParser, names: tuple[str, ...] = tuple
     for name in names:
         o = TRAIN_OPTIONS[name]
         flags = _FLAGS.get(name, ("--" + name.replace("_", "-"),))
-        kind = {"choices": o.choices} if o.choices else {"type": o.type}
+        if o.choices:
+            kind: dict = {"choices": o.choices}
+        elif o.type is tuple:
+            kind = {"type": float, "nargs": 2, "metavar": ("B1", "B2")}
+        else:
+            kind = {"type": o.type}
         p.add_argument(*flags, dest=name, default=o.default, help=f"{o.help} (default {o.default})", **kind)
 
 

@@ -58,6 +58,8 @@ def train_reference(
                 loss_sum = loss_sum_of(logits, ym)
                 (loss_sum / y.numel()).backward()  # sums to the batch's mean over the micro-batches
                 stats.add(logits.detach(), ym, loss_sum.detach())
+            if train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip, foreach=False)
             opt.step()
             steps += 1
         seconds = time.perf_counter() - t0

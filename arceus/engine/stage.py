@@ -27,11 +27,12 @@ from ..plan.schedule import SCHEDULES
 from ..settings import Settings
 from ..wire import encode
 from .device import pick_device
+from .gradnorm import GradNormExchange
 from .links import StageLinks
 from .messages import Msg
 from .metrics import EpochReport, EpochStats, loss_sum_of
 from .model import SeededDropout, Shard, build_shard, set_dropout_step
-from .optim import make_optimizer
+from .optim import clip_to, grad_norms, make_optimizer
 from .saved import SavedTensorMeter
 from .source import dataset_messages, training_data
 
@@ -72,6 +73,9 @@ class StageRunner:
         self.classes = spec.job.dataset.targets[-1]  # scores per prediction: classes, or 256 next bytes
         self.dropout = any(isinstance(m, SeededDropout) for m in model.modules())
         self.links = StageLinks(r, spec, stage, settings, self.liveness, self.who, self.device)
+        self.grad_norms = GradNormExchange(
+            r, spec.keys, stage, spec.num_stages, self.liveness, settings.recv_timeout_s, self.who
+        )
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -183,6 +187,8 @@ class StageRunner:
 
     def _optimizer_step(self, step: _Step) -> EpochStats:
         stats = EpochStats()
+        if self.spec.train.grad_clip > 0:
+            self._clip(step)
         t0 = time.perf_counter()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -196,6 +202,19 @@ class StageRunner:
                 f"training diverged; lower learning_rate (now {self.spec.train.learning_rate})"
             )
         return stats
+
+    def _clip(self, step: _Step) -> None:
+        """Clip by the global gradient norm: every stage's norms are exchanged through Redis."""
+        mine = grad_norms(self.model.parameters())
+        if not all(math.isfinite(n) for n in mine):
+            raise TrainingDiverged(
+                f"gradients are not finite at step {step.header['step']}: training diverged; "
+                f"lower learning_rate (now {self.spec.train.learning_rate})"
+            )
+        t0 = time.perf_counter()
+        norms = self.grad_norms.all_norms(step.header["step"], mine)
+        self.links.metrics.wait_s += time.perf_counter() - t0
+        clip_to(self.model.parameters(), norms, self.spec.train.grad_clip)
 
     @torch.no_grad()
     def _eval_batch(self, msg: Msg, stats: EpochStats) -> None:
