@@ -30,6 +30,14 @@ __all__ = ["Control"]
 log = logging.getLogger(__name__)
 
 
+def _capacity(device: dict) -> int | None:
+    """Bytes the device reported it can hold: its GPU's memory for CUDA, else the machine's (MPS
+    shares it); None when it reported nothing."""
+    on_gpu = str(device.get("torch_device", "")).startswith("cuda")
+    gb = device.get("accelerator_memory_gb") if on_gpu else device.get("memory_gb")
+    return int(gb * 2**30) if gb else None
+
+
 class Control:
     def __init__(self, r: redis.Redis, celery: Celery, settings: Settings) -> None:
         self.r, self.celery, self.store = r, celery, JobStore(r)
@@ -73,7 +81,9 @@ class Control:
         config = JobConfig.parse(job["config"])
         if not devices:
             raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
-        shards = plan(config.layers, [d["device_id"] for d in devices])  # PartitionError when D > L
+        # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
+        shards = plan(config.layers, [d["device_id"] for d in devices], [_capacity(d) for d in devices],
+                      rows=config.dataset.batch_size)  # fmt: skip
         self.store.transition(job_id, "initializing", error="")
         pending = []
         try:

@@ -66,10 +66,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PartitionError)
     def _partition(e: PartitionError):
-        return _json(
-            409,
-            f"{e}: register more devices or use fewer",
-        )
+        return _json(409, str(e))  # the message says what to do
 
     @app.errorhandler(UpstreamError)
     def _upstream(e: UpstreamError):

@@ -187,6 +187,11 @@ class StagePlanSchema(Schema):
     start_layer = fields.Integer(metadata={"description": "first layer held (inclusive)"})
     end_layer = fields.Integer(metadata={"description": "end of the layers held (exclusive)"})
     device_id = fields.Integer(allow_none=True)
+    params = fields.Integer(metadata={"description": "parameters the stage holds"})
+    flops = fields.Integer(metadata={"description": "estimated training FLOPs per sample (forward and backward)"})
+    memory_bytes = fields.Integer(
+        metadata={"description": "estimated memory: weights, gradients, optimizer state, a batch of activations"}
+    )
 
 
 class ShardLoadedSchema(Schema):

@@ -76,6 +76,10 @@ def test_original_readme_flow_trains_the_seed_job(cluster, r):
     stage0 = next(r for r in rows if r["stage"] == 0)
     assert stage0["flops"] == (2 * (2 * 784 * 128 + 128) + 0) * 30_000
     assert 0 < stage0["teraflops"] < 10
+    # GET /api/jobs/<id> shows each stage's estimates; the FLOPs are those previous_teraflops counts.
+    plan0 = job["plan"][0]
+    assert plan0["params"] == 784 * 128 + 128 and stage0["flops"] == plan0["flops"] * 30_000
+    assert plan0["memory_bytes"] == 4 * plan0["params"] * 4 + 4 * 256 * (784 + 784 + 128)  # + a batch of inputs
     status, listing = cluster.call("GET", "/api/jobs")
     assert [j["job_id"] for j in listing["jobs"]] == [job_id]
     # The response schemas serialize every field the store and the stages wrote, and drop none.
@@ -280,6 +284,22 @@ def test_a_run_its_stages_would_refuse_is_refused_before_it_starts(cluster, r):
     assert status == 400, resp
     assert resp["message"].startswith("dataset_config.val_batch_size: a batch of 65536 rows x 2048 values")
     assert cluster.call("GET", f"/api/jobs/{job_id}")[1]["status"] == "ready"
+
+
+def test_a_plan_that_cannot_fit_the_memory_the_devices_reported_is_409_naming_the_device(cluster):
+    _, body = cluster.call("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 4096, 4096, 10]}})
+    job_id = body["job_id"]
+    devs = [
+        cluster.call("POST", "/api/devices/register", {"job_id": job_id, "name": f"small-{i}", "memory_gb": 0.05})[1][
+            "device_id"
+        ]
+        for i in range(2)
+    ]
+    status, resp = cluster.call("POST", f"/api/network/initialize/{job_id}")
+    assert status == 409, resp
+    assert f"device {devs[0]} reported 51.2 MiB, but stage 0 (layers [0, 3)) needs about 54.6 MiB" in resp["message"]
+    job = cluster.call("GET", f"/api/jobs/{job_id}")[1]
+    assert job["status"] == "created" and job["plan"] is None  # a refused initialize changes nothing
 
 
 def test_initialize_without_a_worker_times_out_with_advice(redis_url, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 
 from arceus.errors import PartitionError
 from arceus.plan.layers import Layer, SampleShape
-from arceus.plan.partition import partition, plan, units
+from arceus.plan.partition import StageAssignment, memory_bytes, partition, plan, units
 
 
 @pytest.mark.parametrize(
@@ -45,10 +45,12 @@ def _layers(*types: str) -> list[Layer]:
 
 def test_plan_is_plain_data_with_devices():
     shards = plan(_layers("linear", "relu", "linear", "relu", "linear"), [7, 9])
+    # Zero FLOPs everywhere: the tie goes to the earlier stage, which takes the extra layer.
     assert [s.to_dict() for s in shards] == [
-        {"stage": 0, "start_layer": 0, "end_layer": 4, "device_id": 7},
-        {"stage": 1, "start_layer": 4, "end_layer": 5, "device_id": 9},
+        {"stage": 0, "start_layer": 0, "end_layer": 4, "device_id": 7, "params": 20, "flops": 0, "memory_bytes": 336},
+        {"stage": 1, "start_layer": 4, "end_layer": 5, "device_id": 9, "params": 10, "flops": 0, "memory_bytes": 164},
     ]
+    assert [StageAssignment.from_dict(s.to_dict()) for s in shards] == shards
 
 
 def test_layers_without_parameters_stay_with_the_layer_before_them():
@@ -57,3 +59,32 @@ def test_layers_without_parameters_stay_with_the_layer_before_them():
     assert [(s.start_layer, s.end_layer) for s in plan(layers, 3)] == [(0, 4), (4, 8), (8, 9)]
     with pytest.raises(PartitionError, match="L=3 layers over D=4 devices"):
         plan(layers, 4)  # D is at most the number of layers with parameters
+
+
+def _costly(flops: list[int]) -> list[Layer]:
+    return [Layer(i, {"type": "linear"}, SampleShape((4,)), SampleShape((4,)), 10, f) for i, f in enumerate(flops)]
+
+
+def test_a_layer_ten_times_dearer_than_the_others_gets_a_stage_of_its_own():
+    layers = _costly([1000, 100, 100, 100, 100, 100])
+    assert [(s.start_layer, s.end_layer) for s in plan(layers, 2)] == [(0, 1), (1, 6)]
+    assert [(s.start_layer, s.end_layer) for s in plan(layers, 3)] == [(0, 1), (1, 4), (4, 6)]
+    # By layer count, the first stage would have held three of them: ten times the others' work
+    # beside them. The plan reports what each stage holds.
+    assert [s.flops for s in plan(layers, 2)] == [2000, 3 * 500]  # the first needs no input gradient
+    assert [s.params for s in plan(layers, 2)] == [10, 50]
+
+
+def test_equal_costs_give_earlier_stages_the_extra_layer():
+    assert [(s.start_layer, s.end_layer) for s in plan(_costly([10] * 5), 2)] == [(0, 3), (3, 5)]
+
+
+def test_memory_the_devices_reported_bounds_the_plan_and_a_plan_that_cannot_fit_names_the_device():
+    layers = _costly([1000, 100, 100, 100, 100, 100])
+    need = memory_bytes(layers, 1, 6, rows=8)  # the cheap layers' stage
+    assert need == 4 * 50 * 4 + 4 * 8 * 5 * 4
+    # The second device is too small for five layers: the plan moves work to the first one.
+    fitted = plan(layers, [7, 9], capacities=[None, memory_bytes(layers, 2, 6, rows=8)], rows=8)
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in fitted] == [(0, 2, 7), (2, 6, 9)]
+    with pytest.raises(PartitionError, match=r"device 9 reported 0.0 MiB, but stage 1 \(layers \[1, 6\)\) needs"):
+        plan(layers, [7, 9], capacities=[memory_bytes(layers, 0, 1, rows=8), 100], rows=8)

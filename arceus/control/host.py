@@ -15,11 +15,12 @@ import redis
 from .. import keys
 from ..config import JobConfig
 from ..engine.device import pick_device
-from ..engine.model import Shard, build_shard, train_flops_per_sample
+from ..engine.model import Shard, build_shard
 from ..engine.stage import StageRunner
 from ..errors import ArceusError, Conflict, RunAborted
 from ..events import EventLog
 from ..liveness import RunLiveness
+from ..plan.layers import train_flops_per_sample
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from ..settings import Settings

@@ -31,7 +31,6 @@ __all__ = [
     "build_shard",
     "layer_seed",
     "set_dropout_step",
-    "train_flops_per_sample",
 ]
 
 
@@ -202,14 +201,3 @@ def build_model(model_config: dict, sample_shape: Sequence[int], seed: int = 0, 
 
     layers = resolve(ModelConfig.parse(model_config).specs(), SampleShape(tuple(sample_shape), ids))
     return Shard(layers, 0, len(layers), seed)
-
-
-def train_flops_per_sample(layers: Sequence[Layer], start: int, end: int) -> int:
-    """FLOPs a training sample costs layers ``[start, end)``: the forward, the weight gradient of
-    a layer with parameters (as much again), and the input gradient (as much again) wherever a
-    layer before it has parameters (the data itself needs none)."""
-    total = 0
-    for layer in layers[start:end]:
-        needs_input_grad = any(before.params > 0 for before in layers[: layer.index])
-        total += layer.flops * (1 + (layer.params > 0) + needs_input_grad)
-    return total

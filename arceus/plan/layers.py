@@ -17,13 +17,13 @@ module alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["KINDS", "Layer", "SampleShape", "resolve"]
+__all__ = ["KINDS", "Layer", "SampleShape", "resolve", "train_flops_per_sample"]
 
 Shape = tuple[int, ...]
 _REQUIRED = object()
@@ -344,3 +344,14 @@ def resolve(specs: list[dict], sample: SampleShape, where: str = "model_config.l
         layers.append(Layer(i, spec, shape, SampleShape(out), kind.params(spec), kind.flops(spec, shape.shape, out)))
         shape = SampleShape(out)
     return layers
+
+
+def train_flops_per_sample(layers: Sequence[Layer], start: int, end: int) -> int:
+    """FLOPs a training sample costs layers ``[start, end)``: the forward, the weight gradient of
+    a layer with parameters (as much again), and the input gradient (as much again) wherever a
+    layer before it has parameters (the data itself needs none)."""
+    total = 0
+    for layer in layers[start:end]:
+        needs_input_grad = any(before.params > 0 for before in layers[: layer.index])
+        total += layer.flops * (1 + (layer.params > 0) + needs_input_grad)
+    return total

@@ -1,14 +1,19 @@
-"""Split a model's layers over D devices as contiguous half-open ranges (plain data, no torch)."""
+"""Split a model's layers over D devices as contiguous half-open ranges (plain data, no torch).
+
+Layers without parameters stay with the layer before them (``units``). The units are split
+into D contiguous ranges that minimise the slowest stage's training FLOPs (``plan``), among
+the splits whose estimated memory fits each device that reported its memory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from ..errors import PartitionError
-from .layers import Layer
+from .layers import Layer, train_flops_per_sample
 
-__all__ = ["StageAssignment", "partition", "plan", "units"]
+__all__ = ["StageAssignment", "balanced_ranges", "memory_bytes", "partition", "plan", "units"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,10 @@ class StageAssignment:
     start_layer: int  # inclusive
     end_layer: int  # exclusive
     device_id: int | None = None
+    # Estimates for the range: parameters, training FLOPs per sample, memory (memory_bytes()).
+    params: int = 0
+    flops: int = 0
+    memory_bytes: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -27,7 +36,8 @@ class StageAssignment:
 
     @classmethod
     def from_dict(cls, d: dict) -> StageAssignment:
-        return cls(int(d["stage"]), int(d["start_layer"]), int(d["end_layer"]), d.get("device_id"))
+        extra = {k: int(d[k]) for k in ("params", "flops", "memory_bytes") if k in d}
+        return cls(int(d["stage"]), int(d["start_layer"]), int(d["end_layer"]), d.get("device_id"), **extra)
 
 
 def partition(num_units: int, num_devices: int) -> list[tuple[int, int]]:
@@ -41,7 +51,8 @@ def partition(num_units: int, num_devices: int) -> list[tuple[int, int]]:
     if not 1 <= num_devices <= num_units:
         raise PartitionError(
             f"cannot split L={num_units} layers over D={num_devices} devices: need 1 <= D <= L (every device "
-            f"must hold at least one layer; L counts the layers with parameters, the others go with them)"
+            f"must hold at least one layer; L counts the layers with parameters, the others go with them): "
+            f"register more devices or use fewer"
         )
     base, extra = divmod(num_units, num_devices)
     ranges, start = [], 0
@@ -60,11 +71,85 @@ def units(layers: Sequence[Layer]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-def plan(layers: Sequence[Layer], device_ids: list[int] | int) -> list[StageAssignment]:
-    """The pipeline plan: stage i holds layers ``[start, end)`` on ``device_ids[i]``."""
+def memory_bytes(layers: Sequence[Layer], start: int, end: int, rows: int, optimizer_states: int = 2) -> int:
+    """What layers ``[start, end)`` need, about: fp32 weights, gradients and ``optimizer_states``
+    tensors like them (AdamW keeps 2, SGD with momentum 1), and the activations autograd keeps for
+    ``rows`` samples in flight (about one input per layer; a pipeline keeps up to a whole batch)."""
+    params = sum(layer.params for layer in layers[start:end])
+    saved = sum(layer.input.numel for layer in layers[start:end])
+    return 4 * params * (2 + optimizer_states) + 4 * rows * saved
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def balanced_ranges(
+    costs: Sequence[int], num_stages: int, fits: Callable[[int, int, int], bool] | None = None
+) -> list[tuple[int, int]] | None:
+    """Split ``costs`` (one per unit, in order) into ``num_stages`` contiguous non-empty ranges that
+    minimise the largest range's sum, then (among those) the sum of squares, so the stages that
+    are not the bottleneck are balanced too (dynamic programming, exact); ``fits(stage, start,
+    end)`` may forbid a range. Remaining ties give the earlier stages more. None when none fits."""
+    n, inf = len(costs), (float("inf"), float("inf"))
+    prefix = [0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    # best[d][u]: (largest sum, sum of squares) of the best split of units [0, u) into d ranges;
+    # start[d][u]: where its last range starts.
+    best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
+    start = [[0] * (n + 1) for _ in range(num_stages + 1)]
+    best[0][0] = (0, 0)
+    for d in range(1, num_stages + 1):
+        for u in range(d, n - (num_stages - d) + 1):
+            for k in range(d - 1, u):
+                if best[d - 1][k] == inf or (fits is not None and not fits(d - 1, k, u)):
+                    continue
+                cost = prefix[u] - prefix[k]
+                value = (max(best[d - 1][k][0], cost), best[d - 1][k][1] + cost * cost)
+                if value < best[d][u] or (value == best[d][u] and k > start[d][u]):
+                    best[d][u], start[d][u] = value, k
+    if best[num_stages][n] == inf:
+        return None
+    ranges, u = [], n
+    for d in range(num_stages, 0, -1):
+        ranges.append((start[d][u], u))
+        u = start[d][u]
+    return ranges[::-1]
+
+
+def plan(
+    layers: Sequence[Layer], device_ids: list[int] | int, capacities: Sequence[int | None] = (), rows: int = 1
+) -> list[StageAssignment]:
+    """The pipeline plan: stage i holds layers ``[start, end)`` on ``device_ids[i]``, the split that
+    minimises the slowest stage's training FLOPs among those whose ``memory_bytes`` (``rows``
+    samples in flight) fit each device's capacity in bytes (None: not reported)."""
     ids: list[int | None] = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
     groups = units(layers)
-    return [
-        StageAssignment(i, groups[a][0], groups[b - 1][1], dev)
-        for i, ((a, b), dev) in enumerate(zip(partition(len(groups), len(ids)), ids, strict=True))
-    ]
+    partition(len(groups), len(ids))  # refuses D > L, naming both
+    costs = [train_flops_per_sample(layers, a, b) for a, b in groups]
+
+    def need(k: int, u: int) -> int:
+        return memory_bytes(layers, groups[k][0], groups[u - 1][1], rows)
+
+    def fits(stage: int, k: int, u: int) -> bool:
+        cap = capacities[stage] if stage < len(capacities) else None
+        return cap is None or need(k, u) <= cap
+
+    ranges = balanced_ranges(costs, len(ids), fits)
+    if ranges is None:  # say which device falls short in the best split without the memory check
+        for stage, (k, u) in enumerate(balanced_ranges(costs, len(ids)) or []):
+            if not fits(stage, k, u):
+                a, b = groups[k][0], groups[u - 1][1]
+                raise PartitionError(
+                    f"device {ids[stage]} reported {_size(capacities[stage])}, but stage {stage} (layers [{a}, {b})) "
+                    f"needs about {_size(need(k, u))} ({need(k, u):,} bytes: weights, gradients, optimizer state and "
+                    f"a batch of activations) and no other split fits: register a device with more memory, more "
+                    f"devices, or use smaller batches"
+                )
+    out = []
+    for i, ((k, u), dev) in enumerate(zip(ranges, ids, strict=True)):
+        a, b = groups[k][0], groups[u - 1][1]
+        params = sum(layer.params for layer in layers[a:b])
+        out.append(StageAssignment(i, a, b, dev, params, sum(costs[k:u]), need(k, u)))
+    return out
