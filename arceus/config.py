@@ -30,7 +30,9 @@ __all__ = [
     "TrainConfig",
 ]
 
-DATASETS = ("MNIST", "FashionMNIST", "digits", "text")
+DATASETS = ("MNIST", "FashionMNIST", "digits", "CIFAR10", "text")
+# Per-channel mean and std of CIFAR10's training images: its default normalization.
+CIFAR10_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 TEXT_ONLY = {"path", "block_size", "val_fraction"}
 IMAGE_ONLY = {"normalize"}
 # User-facing wire name -> codec registered in arceus.wire (tests/test_config.py checks they exist;
@@ -176,7 +178,7 @@ class DatasetConfig:
             frac = _float("dataset_config.val_fraction", data.get("val_fraction", cls.val_fraction), 0.0, 0.5,
                           lo_open=True)  # fmt: skip
             return cls(name, bs, vbs, (), (), path, block, frac)
-        mean, std = cls.mean, cls.std
+        mean, std = CIFAR10_NORMALIZE if name == "CIFAR10" else (cls.mean, cls.std)
         if "normalize" in data:
             norm = _check_keys("dataset_config.normalize", data["normalize"], {"mean", "std"})
             mean = _floats("dataset_config.normalize.mean", norm.get("mean", list(mean)))
@@ -186,12 +188,17 @@ class DatasetConfig:
             for i, s in enumerate(std):
                 if s <= 0:
                     raise ConfigError(f"dataset_config.normalize.std[{i}]", f"must be > 0, got {s}")
+        channels = 3 if name == "CIFAR10" else 1
+        if len(mean) != channels:
+            raise ConfigError("dataset_config.normalize", f"{name} images have {channels} channel(s), got {len(mean)}")
         return cls(name, bs, vbs, mean, std)
 
     @property
     def sample(self) -> SampleShape:
         """One sample as the first layer sees it: (block_size,) byte ids for text."""
-        return SampleShape((self.block_size,), ids=True) if self.name == "text" else SampleShape((1, 28, 28))
+        if self.name == "text":
+            return SampleShape((self.block_size,), ids=True)
+        return SampleShape((3, 32, 32)) if self.name == "CIFAR10" else SampleShape((1, 28, 28))
 
     @property
     def targets(self) -> tuple[int, ...]:

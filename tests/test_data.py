@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from conftest import write_mnist
@@ -64,3 +66,40 @@ def test_text_without_a_path_is_pythons_own_source_and_bad_paths_say_so(tmp_path
     (tmp_path / "short.txt").write_bytes(b"hello world")
     with pytest.raises(DatasetUnavailable, match="gives 0 training and 0 validation blocks of 129 bytes"):
         load_dataset(DatasetConfig(name="text", path="short.txt"), tmp_path)
+
+
+def _write_cifar(root, per_batch=20, n_test=30):
+    """A small set in CIFAR-10's python format: torchvision's own pickled batches (written here,
+    by the test; Arceus itself never unpickles anything)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        batch = {"data": torch.randint(0, 256, (n, 3072), dtype=torch.uint8, generator=g).numpy(),
+                 "labels": torch.randint(0, 10, (n,), generator=g).tolist()}  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+    return folder
+
+
+def test_cifar10_is_read_by_torchvision_only_when_its_checksums_match(tmp_path, monkeypatch):
+    import pickle
+
+    import torchvision.datasets.cifar as cifar
+
+    folder = _write_cifar(tmp_path)
+    cfg = DatasetConfig.parse({"name": "CIFAR10"})
+    assert cfg.mean == (0.4914, 0.4822, 0.4465) and cfg.sample.shape == (3, 32, 32)
+    with pytest.raises(DatasetUnavailable, match="torchvision checks their MD5"):
+        load_dataset(cfg, tmp_path)  # not the official files: torchvision refuses to unpickle them
+    # Stand in for the official files' checksums; the rest is torchvision's real reader.
+    monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    ds = load_dataset(cfg, tmp_path)
+    assert ds.train_x.shape == (100, 3, 32, 32) and ds.val_x.shape == (30, 3, 32, 32)
+    first = pickle.loads((folder / "data_batch_1").read_bytes())
+    raw = torch.tensor(first["data"][0], dtype=torch.float32).view(3, 32, 32) / 255
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    torch.testing.assert_close(ds.train_x[0], (raw - mean) / std)
+    assert ds.train_y[:20].tolist() == first["labels"]

@@ -218,3 +218,10 @@ def test_adamw_and_clipping_by_the_global_norm_equal_one_process(redis_url, sett
         torch.testing.assert_close(result.weights[key], tensor, rtol=1e-4, atol=1e-5, msg=key)
     # The clip was at work: without it the weights end elsewhere.
     assert not torch.allclose(unclipped.state_dict()["1.weight"], clipped.state_dict()["1.weight"], atol=1e-4)
+
+
+def test_sizes_are_inferred_from_each_datasets_samples():
+    cifar = JobConfig.parse({"model_config": {"layers": CNN}, "dataset_config": {"name": "CIFAR10"}})
+    assert cifar.layers[0].spec["in_channels"] == 3 and cifar.layers[7].spec["in_features"] == 64 * 8 * 8
+    mnist = JobConfig.parse({"model_config": {"layers": CNN}})
+    assert mnist.layers[0].spec["in_channels"] == 1 and mnist.layers[7].spec["in_features"] == 64 * 7 * 7

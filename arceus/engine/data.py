@@ -52,13 +52,17 @@ class Dataset:
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, H, W) or float (N, H, W) in [0, 1] -> float32 (N, 1, H, W), (x - mean) / std."""
+    """uint8 or float in [0, 1], (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W), (x - mean[c]) / std[c]."""
     x = images.float()
     if images.dtype == torch.uint8:
         x = x / 255.0
-    if len(mean) != 1:
-        raise DatasetUnavailable(f"normalize has {len(mean)} channels but the images have 1 channel")
-    return ((x - mean[0]) / std[0]).unsqueeze(1).contiguous()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)  # (N, 1, H, W)
+    if len(mean) != x.shape[1]:
+        raise DatasetUnavailable(f"normalize has {len(mean)} channels but the images have {x.shape[1]}")
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()
 
 
 def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
@@ -69,6 +73,14 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
         train = cls(str(root), train=True, download=download)
         val = cls(str(root), train=False, download=download)
     except (RuntimeError, OSError) as e:
+        if name == "CIFAR10":
+            # torchvision unpickles these files only once their MD5 matches the official ones.
+            raise DatasetUnavailable(
+                f"CIFAR10 is not available under {root / 'cifar-10-batches-py'} ({e}). Put the official python "
+                f"version there (data_batch_1 to data_batch_5, test_batch, batches.meta: torchvision checks "
+                f"their MD5), set ARCEUS_DATA_DIR to a folder that has cifar-10-batches-py/, or allow a "
+                f"download with ARCEUS_DOWNLOAD=1 where there is internet."
+            ) from e
         raw = root / name / "raw"
         raise DatasetUnavailable(
             f"{name} is not available under {raw} ({e}). Put the four uncompressed IDX files "
@@ -76,6 +88,12 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
             f"{name}/raw/, allow a download with ARCEUS_DOWNLOAD=1 where there is internet, "
             f"or use the offline stand-in dataset 'digits'."
         ) from e
+    if name == "CIFAR10":  # numpy (N, H, W, C) uint8 and lists of labels
+
+        def chw(a: object) -> torch.Tensor:
+            return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+        return chw(train.data), torch.tensor(train.targets), chw(val.data), torch.tensor(val.targets)
     return train.data, train.targets, val.data, val.targets
 
 
