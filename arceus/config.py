@@ -42,6 +42,7 @@ SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)
 MAX_LAYER_SIZE = 1 << 16
 MAX_LAYERS = 256
 MAX_BATCH = 1 << 16
+MAX_PARAMS = 1 << 34  # 64 GiB of fp32 weights: more is a typo, not a model for a few Macs
 MAX_SEED = 2**31 - 1
 
 # The job of the original Arceus README: what `arceus demo` and `arceus train` run by default.
@@ -214,7 +215,8 @@ class DatasetConfig:
 
 def _relative_path(path: str) -> bool:
     parts = path.replace("\\", "/").split("/")
-    return bool(path) and not path.startswith(("/", "~")) and ":" not in path and ".." not in parts
+    plain = all(c.isprintable() for c in path)
+    return bool(path) and plain and not path.startswith(("/", "~")) and ":" not in path and ".." not in parts
 
 
 def _floats(field_name: str, value: Any) -> tuple[float, ...]:
@@ -323,6 +325,11 @@ class JobConfig:
         """The model's layers, resolved from the dataset's sample shape (inferred sizes filled in)."""
         where = "model_config.layers" if self.model.layers else "model_config.layer_sizes"
         sample = self.dataset.sample
+        if sample.ids and not self.model.layers:
+            raise ConfigError(
+                "model_config.layer_sizes", f"is shorthand for image models; {self.dataset.name} needs layers that "
+                "start with an embedding"
+            )  # fmt: skip
         try:
             layers = resolve(self.model.specs(), sample, where)
         except ConfigError as e:
@@ -341,6 +348,15 @@ class JobConfig:
             raise ConfigError(
                 f"{where}[{last}]", f"the model's output per sample is {list(out)}; {self.dataset.name} needs {needs}"
             )
+        params = sum(layer.params for layer in layers)
+        if not 0 < params <= MAX_PARAMS:
+            raise ConfigError("model_config", f"has {params:,} parameters; it needs between 1 and {MAX_PARAMS:,}")
+        first = layers[0].spec
+        if first["type"] == "embedding" and first["num_embeddings"] < want[-1]:
+            raise ConfigError(
+                f"{where}[0].num_embeddings", f"is {first['num_embeddings']}, but {self.dataset.name} has "
+                f"{want[-1]} byte values"
+            )  # fmt: skip
         return layers
 
     def to_dict(self) -> dict:

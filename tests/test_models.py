@@ -14,7 +14,7 @@ from arceus.config import SEED_JOB, DatasetConfig, JobConfig, ModelConfig, Train
 from arceus.engine.data import load_dataset
 from arceus.engine.model import Shard, layer_seed
 from arceus.engine.reference import train_reference
-from arceus.errors import ConfigError
+from arceus.errors import ConfigError, RunFailed
 from arceus.launch.stages import train_local
 from arceus.plan.layers import KINDS, SampleShape, resolve
 
@@ -117,11 +117,48 @@ def test_layer_sizes_models_keep_the_weights_they_always_had():
      "takes token ids"),
     ([{"type": "flatten"}, {"type": "linear", "out_features": 5}], "model_config.layers[1]", "needs 10 class scores"),
     ([{"type": "dropout", "p": 1.5}], "model_config.layers[0].p", "between 0.0 and 0.99"),
+    ([{"type": "adaptiveavgpool2d", "output_size": [1, 10]}, {"type": "flatten"}], "model_config",
+     "has 0 parameters"),
+    ([{"type": "layernorm", "normalized_shape": [27, 28]}, {"type": "flatten"}, {"type": "linear", "out_features": 10}],
+     "model_config.layers[0].normalized_shape", r"is \[27, 28\], but the input reaching it gives \[28, 28\]"),
 ])  # fmt: skip
 def test_bad_layer_configs_name_the_layer_and_the_field(layers, field, message):
     with pytest.raises(ConfigError, match=message) as e:
         JobConfig.parse({"model_config": {"layers": layers}})
     assert e.value.field == field
+
+
+def test_what_torch_allows_is_allowed():
+    """A convolution may pad more than half its kernel (pooling may not); layernorm normalizes
+    over as many trailing dimensions as its normalized_shape has."""
+    layers = [{"type": "conv2d", "out_channels": 2, "kernel_size": 1, "padding": 1},  # (2, 30, 30)
+              {"type": "layernorm", "normalized_shape": [30, 30]}, {"type": "flatten"},
+              {"type": "linear", "out_features": 10}]  # fmt: skip
+    job = JobConfig.parse({"model_config": {"layers": layers}})
+    assert job.layers[1].params == 2 * 30 * 30
+    assert arceus.build_model({"layers": layers}, (1, 28, 28))(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="padding must be at most half the kernel_size"):
+        JobConfig.parse({"model_config": {"layers": [{"type": "maxpool2d", "kernel_size": 2, "padding": 2}]}})
+
+
+@pytest.mark.parametrize(("dataset", "layers", "field", "message"), [
+    ({"name": "text", "block_size": 8}, [{"type": "embedding", "num_embeddings": 10, "embedding_dim": 8},
+                                         {"type": "linear", "out_features": 256}],
+     "model_config.layers[0].num_embeddings", "is 10, but text has 256 byte values"),
+    ({"name": "text", "block_size": 8}, None, "model_config.layer_sizes", "shorthand for image models"),
+    ({"name": "text", "path": "a\u0000b"}, None, "dataset_config.path", "relative path"),
+])  # fmt: skip
+def test_bad_text_jobs_name_the_field(dataset, layers, field, message):
+    model = {"layers": layers} if layers else {"layer_sizes": [8, 256]}
+    with pytest.raises(ConfigError, match=message) as e:
+        JobConfig.parse({"model_config": model, "dataset_config": dataset})
+    assert e.value.field == field
+
+
+def test_batchnorm_with_one_sample_per_micro_batch_is_refused_before_the_run(redis_url, settings, small_mnist):
+    job = JobConfig(ModelConfig(layers=tuple(KINDS_B)), DatasetConfig(batch_size=64, val_batch_size=128))
+    with pytest.raises(RunFailed, match=r"BatchNorm needs at least 2 samples per micro-batch, but batches of \[64\]"):
+        train_local(job, TrainConfig(epochs=1, micro_batches=64), 2, redis_url, settings)
 
 
 @pytest.fixture

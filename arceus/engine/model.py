@@ -30,6 +30,7 @@ __all__ = [
     "build_model",
     "build_shard",
     "layer_seed",
+    "set_dropout_seed",
     "set_dropout_step",
 ]
 
@@ -63,6 +64,13 @@ class SeededDropout(nn.Module):
 
 def _mask_seed(seed: int, step: int, mb: int, layer: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + mb * 104_729 + layer * 15_485_863 + 31) % (2**63 - 1)
+
+
+def set_dropout_seed(model: nn.Module, seed: int) -> None:
+    """Masks from the run's seed: a worker built its shard at initialize, with the init seed."""
+    for m in model.modules():
+        if isinstance(m, SeededDropout):
+            m.seed = seed
 
 
 def set_dropout_step(model: nn.Module, step: int, mb: int) -> None:

@@ -54,7 +54,12 @@ def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -
     spec = RunSpec.from_dict(spec_dict)
     r = redis.Redis.from_url(redis_url)
     try:
-        StageRunner(spec, stage, r, settings).run()
+        try:
+            runner = StageRunner(spec, stage, r, settings)
+        except Exception as e:  # before run() reports for itself: the run's reason is this
+            RunLiveness(r, spec.keys).abort(f"stage {stage}: {type(e).__name__}: {e}")
+            raise
+        runner.run()
     finally:
         r.close()
 

@@ -9,7 +9,7 @@ argument under torch's own name. Input sizes (``in_features``, ``in_channels``,
 do; given, they must match. ``resolve`` walks the list from the dataset's sample shape and
 returns every layer complete, or a ``ConfigError`` naming the layer and the field.
 
-Shapes here are one sample's (no batch dimension). ``engine/layers.py`` builds the torch
+Shapes here are one sample's (no batch dimension). ``engine/model.py`` builds the torch
 modules from the resolved specs; the API, the partitioner and the FLOP counts use this
 module alone.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["KINDS", "Layer", "SampleShape", "resolve", "train_flops_per_sample"]
+__all__ = ["KINDS", "Layer", "SampleShape", "resolve", "saved_values", "train_flops_per_sample"]
 
 Shape = tuple[int, ...]
 _REQUIRED = object()
@@ -104,12 +104,13 @@ def _conv_out(size: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False)
     return n
 
 
-def _spatial(spec: dict, s: Shape, dilation: bool = True, ceil: bool = False) -> tuple[int, int]:
+def _spatial(spec: dict, s: Shape, dilation: bool = True, ceil: bool = False, pool: bool = False) -> tuple[int, int]:
     _rank(s, (3,), "(channels, height, width)")
     k, p = _pair(spec["kernel_size"]), _pair(spec["padding"])
     st = _pair(spec["stride"]) if spec.get("stride") is not None else k
     d = _pair(spec["dilation"]) if dilation else (1, 1)
-    _need(all(2 * pi <= ki for pi, ki in zip(p, k, strict=True)), "padding must be at most half the kernel_size")
+    if pool:  # torch's pooling rule; a convolution may pad as much as it likes
+        _need(all(2 * pi <= ki for pi, ki in zip(p, k, strict=True)), "padding must be at most half the kernel_size")
     return tuple(_conv_out(s[1 + i], k[i], st[i], p[i], d[i], ceil) for i in range(2))  # type: ignore[return-value]
 
 
@@ -182,12 +183,12 @@ KINDS: dict[str, Kind] = {
         Kind(
             "maxpool2d", "the largest value of each window",
             {**_POOL, "dilation": Arg("pair", 1, 1, 1024), "ceil_mode": Arg("bool", False)},
-            out=lambda spec, s: (s[0], *_spatial(spec, s, ceil=spec["ceil_mode"])),
+            out=lambda spec, s: (s[0], *_spatial(spec, s, ceil=spec["ceil_mode"], pool=True)),
         ),
         Kind(
             "avgpool2d", "the mean of each window",
             {**_POOL, "ceil_mode": Arg("bool", False), "count_include_pad": Arg("bool", True)},
-            out=lambda spec, s: (s[0], *_spatial(spec, s, dilation=False, ceil=spec["ceil_mode"])),
+            out=lambda spec, s: (s[0], *_spatial(spec, s, dilation=False, ceil=spec["ceil_mode"], pool=True)),
             flops=lambda spec, s, o: math.prod(s),
         ),
         Kind(
@@ -204,7 +205,7 @@ KINDS: dict[str, Kind] = {
         Kind("relu", "max(x, 0)"),
         Kind("gelu", "x * Phi(x)", {"approximate": Arg("choice", "none", choices=("none", "tanh"))}),
         Kind("tanh", "tanh(x)"),
-        Kind("dropout", "zeroes each value with probability p in training (masks seeded, see engine/layers.py)",
+        Kind("dropout", "zeroes each value with probability p in training (masks seeded, see engine/model.py)",
              {"p": Arg("float", 0.5, 0.0, 0.99)}),
         Kind(
             "batchnorm1d", "normalize each feature (channel) over the micro-batch", {
@@ -224,7 +225,8 @@ KINDS: dict[str, Kind] = {
             "layernorm", "normalize over the trailing normalized_shape dimensions of each sample", {
                 "normalized_shape": Arg("shape", low=1, inferred=True), "eps": Arg("float", 1e-5, 1e-12, 1.0),
                 "elementwise_affine": Arg("bool", True), "bias": Arg("bool", True)},
-            infer=lambda spec, s: {"normalized_shape": [s[-1]]},
+            # Given, it says how many trailing dimensions to normalize over; left out, the last one.
+            infer=lambda spec, s: {"normalized_shape": list(s[-len(spec.get("normalized_shape", [0])):])},
             out=lambda spec, s: (
                 _need(tuple(s[len(s) - len(spec["normalized_shape"]):]) == tuple(spec["normalized_shape"]),
                       f"normalized_shape {spec['normalized_shape']} does not end the input shape {list(s)}"), s)[1],
@@ -355,3 +357,12 @@ def train_flops_per_sample(layers: Sequence[Layer], start: int, end: int) -> int
         needs_input_grad = any(before.params > 0 for before in layers[: layer.index])
         total += layer.flops * (1 + (layer.params > 0) + needs_input_grad)
     return total
+
+
+def saved_values(layer: Layer) -> int:
+    """Values per sample autograd keeps for the layer's backward, about: its input, or for a
+    transformer block the ~16 (T, d_model) tensors inside it and its attention weights."""
+    if layer.type == "transformer_block":
+        t, d = layer.input.shape
+        return 16 * t * d + layer.spec["n_heads"] * t * t
+    return layer.input.numel

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from ..errors import PartitionError
-from .layers import Layer, train_flops_per_sample
+from .layers import Layer, saved_values, train_flops_per_sample
 
 __all__ = ["StageAssignment", "balanced_ranges", "memory_bytes", "partition", "plan", "units"]
 
@@ -52,7 +52,7 @@ def partition(num_units: int, num_devices: int) -> list[tuple[int, int]]:
         raise PartitionError(
             f"cannot split L={num_units} layers over D={num_devices} devices: need 1 <= D <= L (every device "
             f"must hold at least one layer; L counts the layers with parameters, the others go with them): "
-            f"register more devices or use fewer"
+            f"use between 1 and {num_units} devices"
         )
     base, extra = divmod(num_units, num_devices)
     ranges, start = [], 0
@@ -74,9 +74,9 @@ def units(layers: Sequence[Layer]) -> list[tuple[int, int]]:
 def memory_bytes(layers: Sequence[Layer], start: int, end: int, rows: int, optimizer_states: int = 2) -> int:
     """What layers ``[start, end)`` need, about: fp32 weights, gradients and ``optimizer_states``
     tensors like them (AdamW keeps 2, SGD with momentum 1), and the activations autograd keeps for
-    ``rows`` samples in flight (about one input per layer; a pipeline keeps up to a whole batch)."""
+    ``rows`` samples in flight (``saved_values``; a pipeline keeps up to a whole batch)."""
     params = sum(layer.params for layer in layers[start:end])
-    saved = sum(layer.input.numel for layer in layers[start:end])
+    saved = sum(saved_values(layer) for layer in layers[start:end])
     return 4 * params * (2 + optimizer_states) + 4 * rows * saved
 
 
@@ -88,34 +88,42 @@ def balanced_ranges(
     costs: Sequence[int], num_stages: int, fits: Callable[[int, int, int], bool] | None = None
 ) -> list[tuple[int, int]] | None:
     """Split ``costs`` (one per unit, in order) into ``num_stages`` contiguous non-empty ranges that
-    minimise the largest range's sum, then (among those) the sum of squares, so the stages that
-    are not the bottleneck are balanced too (dynamic programming, exact); ``fits(stage, start,
-    end)`` may forbid a range. Remaining ties give the earlier stages more. None when none fits."""
-    n, inf = len(costs), (float("inf"), float("inf"))
+    minimise the largest range's sum, and among those the sum of squares, so the stages that are
+    not the bottleneck are balanced too: two exact dynamic programs. ``fits(stage, start, end)``
+    may forbid a range. Remaining ties give the earlier stages more. None when no split fits."""
+    n = len(costs)
     prefix = [0]
     for c in costs:
         prefix.append(prefix[-1] + c)
-    # best[d][u]: (largest sum, sum of squares) of the best split of units [0, u) into d ranges;
-    # start[d][u]: where its last range starts.
-    best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
-    start = [[0] * (n + 1) for _ in range(num_stages + 1)]
-    best[0][0] = (0, 0)
-    for d in range(1, num_stages + 1):
-        for u in range(d, n - (num_stages - d) + 1):
-            for k in range(d - 1, u):
-                if best[d - 1][k] == inf or (fits is not None and not fits(d - 1, k, u)):
-                    continue
-                cost = prefix[u] - prefix[k]
-                value = (max(best[d - 1][k][0], cost), best[d - 1][k][1] + cost * cost)
-                if value < best[d][u] or (value == best[d][u] and k > start[d][u]):
-                    best[d][u], start[d][u] = value, k
-    if best[num_stages][n] == inf:
+
+    def solve(score: Callable[[float, int], float], cap: float) -> tuple[float, list[tuple[int, int]]] | None:
+        """The split minimising score(accumulated, range cost) summed up the ranges, each range <= cap."""
+        inf = float("inf")
+        best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
+        start = [[0] * (n + 1) for _ in range(num_stages + 1)]
+        best[0][0] = 0
+        for d in range(1, num_stages + 1):
+            for u in range(d, n - (num_stages - d) + 1):
+                for k in range(d - 1, u):
+                    cost = prefix[u] - prefix[k]
+                    if best[d - 1][k] == inf or cost > cap or (fits is not None and not fits(d - 1, k, u)):
+                        continue
+                    value = score(best[d - 1][k], cost)
+                    if value < best[d][u] or (value == best[d][u] and k > start[d][u]):
+                        best[d][u], start[d][u] = value, k
+        if best[num_stages][n] == inf:
+            return None
+        ranges, u = [], n
+        for d in range(num_stages, 0, -1):
+            ranges.append((start[d][u], u))
+            u = start[d][u]
+        return best[num_stages][n], ranges[::-1]
+
+    first = solve(max, float("inf"))  # the least largest range
+    if first is None:
         return None
-    ranges, u = [], n
-    for d in range(num_stages, 0, -1):
-        ranges.append((start[d][u], u))
-        u = start[d][u]
-    return ranges[::-1]
+    second = solve(lambda acc, cost: acc + cost * cost, first[0])  # balance the rest under it
+    return second[1] if second is not None else first[1]
 
 
 def plan(
@@ -128,9 +136,14 @@ def plan(
     groups = units(layers)
     partition(len(groups), len(ids))  # refuses D > L, naming both
     costs = [train_flops_per_sample(layers, a, b) for a, b in groups]
+    # Units' memory as prefix sums: the programs ask for every range, often.
+    unit_bytes = [memory_bytes(layers, a, b, rows) for a, b in groups]
+    mem = [0]
+    for m in unit_bytes:
+        mem.append(mem[-1] + m)
 
     def need(k: int, u: int) -> int:
-        return memory_bytes(layers, groups[k][0], groups[u - 1][1], rows)
+        return mem[u] - mem[k]
 
     def fits(stage: int, k: int, u: int) -> bool:
         cap = capacities[stage] if stage < len(capacities) else None
