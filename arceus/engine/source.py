@@ -16,11 +16,12 @@ import torch
 from ..config import DatasetConfig, TrainConfig
 from ..errors import ConfigError
 from ..plan.layers import SampleShape
+from ..plan.runspec import RunSpec
 from ..settings import Settings
 from .data import Dataset, batch_indices, load_dataset
 from .messages import Msg
 
-__all__ = ["dataset_messages", "prefetched", "training_data"]
+__all__ = ["check_batchnorm_rows", "dataset_messages", "prefetched", "training_data"]
 
 
 def training_data(dataset: DatasetConfig, settings: Settings, sample: SampleShape) -> Dataset:
@@ -69,3 +70,19 @@ def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[tor
             if k + 1 < len(batches):
                 nxt = pool.submit(gather, batches[k + 1])
             yield batch
+
+
+def check_batchnorm_rows(spec: RunSpec, samples: int) -> None:
+    """BatchNorm needs two rows per micro-batch in training: say so before the run starts, not
+    when the epoch's last, short batch arrives."""
+    if not any(layer.type.startswith("batchnorm") for layer in spec.job.layers):
+        return
+    bs, m = spec.job.dataset.batch_size, spec.train.micro_batches
+    sizes = [bs] + ([samples % bs] if samples % bs else [])
+    fewest = min(b // min(m, b) for b in sizes)
+    if fewest < 2:
+        raise ConfigError(
+            "dataset_config.batch_size",
+            f"BatchNorm needs at least 2 samples per micro-batch, but batches of {sizes} samples in "
+            f"{m} micro-batches give {fewest}: use larger batches or fewer micro-batches",
+        )

@@ -34,7 +34,7 @@ from .metrics import EpochReport, EpochStats, loss_sum_of
 from .model import SeededDropout, Shard, build_shard, set_dropout_seed, set_dropout_step
 from .optim import clip_to, grad_norms, make_optimizer
 from .saved import SavedTensorMeter
-from .source import dataset_messages, training_data
+from .source import check_batchnorm_rows, dataset_messages, training_data
 
 __all__ = ["StageRunner"]
 
@@ -75,7 +75,7 @@ class StageRunner:
         if self.dropout:
             set_dropout_seed(model, spec.train.seed)
         if self.first:
-            _check_batchnorm_rows(spec, len(self.data.train_y))
+            check_batchnorm_rows(spec, len(self.data.train_y))
         self.links = StageLinks(r, spec, stage, settings, self.liveness, self.who, self.device)
         self.grad_norms = GradNormExchange(
             r, spec.keys, stage, spec.num_stages, self.liveness, settings.recv_timeout_s, self.who
@@ -237,19 +237,3 @@ class StageRunner:
         """Final parameters into the run's weights hash (lossless payloads), for tests and export."""
         state = {k: encode(v.detach().cpu(), "raw") for k, v in self.model.state_dict().items()}
         self.r.hset(self.spec.keys.weights, mapping=state)
-
-
-def _check_batchnorm_rows(spec: RunSpec, samples: int) -> None:
-    """BatchNorm needs two rows per micro-batch in training: say so before the run starts, not
-    when the epoch's last, short batch arrives."""
-    if not any(layer.type.startswith("batchnorm") for layer in spec.job.layers):
-        return
-    bs, m = spec.job.dataset.batch_size, spec.train.micro_batches
-    sizes = [bs] + ([samples % bs] if samples % bs else [])
-    fewest = min(b // min(m, b) for b in sizes)
-    if fewest < 2:
-        raise ConfigError(
-            "dataset_config.batch_size",
-            f"BatchNorm needs at least 2 samples per micro-batch, but batches of {sizes} samples in "
-            f"{m} micro-batches give {fewest}: use larger batches or fewer micro-batches",
-        )
