@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import JobConfig
+from ..config import JobConfig, ModelConfig
 from ..errors import ConfigError
-from ..plan.layers import Layer
+from ..plan.layers import Layer, SampleShape, resolve
 
 __all__ = [
     "MODULES",
@@ -204,8 +204,5 @@ def build_model(model_config: dict, sample_shape: Sequence[int], seed: int = 0, 
     """The unsplit model (a ``torch.nn.Sequential``) for a ``model_config`` and one sample's shape
     (``ids``: the samples are token ids). Every split is tested against it; its ``state_dict``
     keys are the names checkpoints and exports use."""
-    from ..config import ModelConfig  # noqa: PLC0415
-    from ..plan.layers import SampleShape, resolve  # noqa: PLC0415
-
     layers = resolve(ModelConfig.parse(model_config).specs(), SampleShape(tuple(sample_shape), ids))
     return Shard(layers, 0, len(layers), seed)
