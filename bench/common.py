@@ -8,10 +8,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from arceus.config import DatasetConfig
+from arceus.engine.data import text_bytes
 from arceus.engine.idx import write_synthetic_mnist
 from arceus.settings import Settings
 
-__all__ = ["last_epoch_busy", "median_rate", "synthetic_mnist"]
+__all__ = ["last_epoch_busy", "median_rate", "synthetic_mnist", "text_corpus"]
 
 
 def synthetic_mnist(n_train: int, n_val: int) -> Settings:
@@ -21,6 +23,15 @@ def synthetic_mnist(n_train: int, n_val: int) -> Settings:
     tmp = Path(tempfile.mkdtemp(prefix="arceus-bench-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     write_synthetic_mnist(tmp, n_train=n_train, n_val=n_val)
+    return Settings.from_env(data_dir=tmp)
+
+
+def text_corpus(n_bytes: int) -> Settings:
+    """Settings whose data directory holds ``corpus.txt``: the first ``n_bytes`` of the offline
+    text stand-in (Python's own sources), so an epoch is as long as a benchmark wants."""
+    tmp = Path(tempfile.mkdtemp(prefix="arceus-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    (tmp / "corpus.txt").write_bytes(text_bytes(DatasetConfig(name="text"), tmp)[:n_bytes])
     return Settings.from_env(data_dir=tmp)
 
 

@@ -28,10 +28,12 @@ from pathlib import Path
 
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
 from arceus.launch.redis_server import find_redis_server
+from arceus.plan.partition import plan
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
 
 from .common import last_epoch_busy, median_rate
+from .torch_peer import peer_config
 
 MODELS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
 SWITCH, MAX_HOSTS = "arc-sw", 8
@@ -120,8 +122,8 @@ def run_arceus(
 
 
 def run_torch(sizes: list[int], stages: int, schedule: str, m: int, steps: int, timeout_s: float) -> float:
-    cfg = json.dumps({"sizes": sizes, "micro_batches": m, "schedule": schedule, "batch": 256, "lr": 0.1,
-                      "steps": steps, "warmup": 2, "threads": 1})  # fmt: skip
+    job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name="digits"))
+    cfg = json.dumps(peer_config(job, plan(job.layers, stages), TrainConfig(), schedule, m, steps, warmup=2, threads=1))
     ranks = []
     for r in range(stages):
         ns, dev, _ = host(r)

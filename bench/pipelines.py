@@ -26,6 +26,7 @@ from arceus.engine.data import load_dataset
 from arceus.engine.reference import train_reference
 from arceus.launch.redis_server import redis_for
 from arceus.launch.stages import train_local
+from arceus.plan.partition import plan
 from arceus.settings import Settings
 
 from .common import last_epoch_busy, median_rate, synthetic_mnist
@@ -63,7 +64,7 @@ def main() -> None:
             for stages in args.stages:
                 for m in args.micro_batches:
                     for sched in args.schedules:
-                        rows.append(_torch_row(sizes, stages, m, sched, args.torch_steps, rep))
+                        rows.append(_torch_row(job, stages, m, sched, args.torch_steps, rep))
                         for wire in args.wires:
                             train = TrainConfig(epochs=args.epochs, micro_batches=m, wire=wire, schedule=sched)
                             res = train_local(job, train, stages, url, settings)
@@ -93,10 +94,10 @@ def main() -> None:
         print(f"{case:40s} {rate:10,.0f} {rate / ref2:9.2f} {vs_torch}")
 
 
-def _torch_row(sizes: list[int], stages: int, m: int, sched: str, steps: int, rep: int) -> dict:
+def _torch_row(job: JobConfig, stages: int, m: int, sched: str, steps: int, rep: int) -> dict:
     case = f"torch {stages} stages M={m} {sched}"
     try:
-        rate = torch_pipeline_samples_per_s(sizes, stages, m, sched, steps=steps, warmup=3)
+        rate = torch_pipeline_samples_per_s(job, plan(job.layers, stages), TrainConfig(), sched, m, steps, warmup=3)
     except TorchRefused as e:
         return {"case": case, "rep": rep, "samples_per_s": None, "refused": str(e)}
     return {"case": case, "rep": rep, "samples_per_s": rate}

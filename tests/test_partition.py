@@ -1,8 +1,10 @@
 import pytest
 
-from arceus.errors import PartitionError
+from arceus.config import SEED_JOB, JobConfig, TrainConfig
+from arceus.errors import ConfigError, PartitionError
 from arceus.plan.layers import Layer, SampleShape
-from arceus.plan.partition import StageAssignment, memory_bytes, partition, plan, units
+from arceus.plan.partition import StageAssignment, assign, memory_bytes, partition, plan, units
+from arceus.plan.runspec import RunSpec
 
 
 @pytest.mark.parametrize(
@@ -73,6 +75,16 @@ def test_a_layer_ten_times_dearer_than_the_others_gets_a_stage_of_its_own():
     # beside them. The plan reports what each stage holds.
     assert [s.flops for s in plan(layers, 2)] == [2000, 3 * 500]  # the first needs no input gradient
     assert [s.params for s in plan(layers, 2)] == [10, 50]
+
+
+def test_assign_gives_any_unit_ranges_the_plans_estimates():
+    layers = _costly([1000, 100, 100, 100, 100, 100])
+    equal = assign(layers, partition(len(units(layers)), 2), [7, 8])  # what the benchmarks compare with
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in equal] == [(0, 3, 7), (3, 6, 8)]
+    assert [s.flops for s in equal] == [2000 + 2 * 300, 3 * 300]
+    assert assign(layers, [(0, 1), (1, 6)], [0, 1]) == plan(layers, 2)
+    with pytest.raises(ConfigError, match="3 stage assignments for a run of 2 stages"):
+        RunSpec.new(JobConfig.parse(SEED_JOB), TrainConfig(), 2, stages=plan(JobConfig.parse(SEED_JOB).layers, 3))
 
 
 def test_equal_costs_give_earlier_stages_the_extra_layer():

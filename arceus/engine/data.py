@@ -21,7 +21,7 @@ from ..config import DatasetConfig
 from ..errors import DatasetUnavailable
 from ..plan.layers import SampleShape
 
-__all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize"]
+__all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize", "text_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def load_digits() -> tuple[torch.Tensor, ...]:
 STANDIN_BYTES = 2 << 20
 
 
-def _text_bytes(cfg: DatasetConfig, data_dir: Path) -> bytes:
+def text_bytes(cfg: DatasetConfig, data_dir: Path) -> bytes:
     if cfg.path is not None:
         path = Path(data_dir) / cfg.path
         try:
@@ -145,7 +145,7 @@ def load_text(cfg: DatasetConfig, data_dir: Path) -> Dataset:
     """Byte-level language modelling: samples are block_size byte ids, targets the bytes that
     follow each. The file's first part is cut into non-overlapping blocks of block_size + 1
     bytes (shuffled every epoch by the batch order), its last ``val_fraction`` likewise."""
-    raw = _text_bytes(cfg, data_dir)
+    raw = text_bytes(cfg, data_dir)
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
     cut, span = int(len(data) * (1 - cfg.val_fraction)), cfg.block_size + 1
 

@@ -12,7 +12,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import redis
@@ -24,6 +24,7 @@ from ..engine.stage import StageRunner
 from ..errors import RunFailed
 from ..events import EventLog
 from ..liveness import RunLiveness
+from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from ..settings import Settings
 from ..wire import decode
@@ -85,8 +86,9 @@ def train_local(
     threads: int | None = None,
     device: str | None = None,
     keep_weights: bool = False,
+    stages: Sequence[StageAssignment] = (),
 ) -> RunResult:
-    spec = RunSpec.new(job, train, num_stages, device=device)
+    spec = RunSpec.new(job, train, num_stages, device=device, stages=stages)
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)

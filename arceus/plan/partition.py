@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from ..errors import PartitionError
 from .layers import Layer, saved_values, train_flops_per_sample
 
-__all__ = ["StageAssignment", "balanced_ranges", "memory_bytes", "partition", "plan", "units"]
+__all__ = ["StageAssignment", "assign", "balanced_ranges", "memory_bytes", "partition", "plan", "units"]
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,19 @@ def plan(
                     f"a batch of activations) and no other split fits: register a device with more memory, more "
                     f"devices, or use smaller batches"
                 )
+    return assign(layers, ranges, ids, rows)
+
+
+def assign(
+    layers: Sequence[Layer], unit_ranges: Sequence[tuple[int, int]], device_ids: Sequence[int | None], rows: int = 1
+) -> list[StageAssignment]:
+    """Stage assignments for ranges of ``units(layers)``, one per device, with their estimates.
+    ``plan`` chooses the ranges by cost; the benchmarks also assign ``partition``'s equal counts."""
+    groups = units(layers)
     out = []
-    for i, ((k, u), dev) in enumerate(zip(ranges, ids, strict=True)):
+    for i, ((k, u), dev) in enumerate(zip(unit_ranges, device_ids, strict=True)):
         a, b = groups[k][0], groups[u - 1][1]
         params = sum(layer.params for layer in layers[a:b])
-        out.append(StageAssignment(i, a, b, dev, params, sum(costs[k:u]), need(k, u)))
+        flops = train_flops_per_sample(layers, a, b)
+        out.append(StageAssignment(i, a, b, dev, params, flops, memory_bytes(layers, a, b, rows)))
     return out

@@ -7,6 +7,7 @@ same dict as a Celery task argument. Stages derive their Redis keys from it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import JobConfig, TrainConfig
@@ -29,9 +30,18 @@ class RunSpec:
 
     @classmethod
     def new(
-        cls, job: JobConfig, train: TrainConfig, num_stages: int, job_id: str | None = None, device: str | None = None
+        cls,
+        job: JobConfig,
+        train: TrainConfig,
+        num_stages: int,
+        job_id: str | None = None,
+        device: str | None = None,
+        stages: Sequence[StageAssignment] = (),
     ) -> RunSpec:
-        stages = tuple(plan(job.layers, num_stages))
+        """A new run of ``num_stages`` stages on the cost-balanced plan, or on ``stages`` when given."""
+        stages = tuple(stages) or tuple(plan(job.layers, num_stages))
+        if len(stages) != num_stages:
+            raise ConfigError("stages", f"{len(stages)} stage assignments for a run of {num_stages} stages")
         return cls(
             job_id=job_id or uuid.uuid4().hex[:12],
             run_id=uuid.uuid4().hex[:12],
