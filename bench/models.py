@@ -103,9 +103,17 @@ def main() -> None:
     unit, per_sample = ("tokens/s", job.dataset.block_size) if text else ("samples/s", 1)
     data = load_dataset(job.dataset, settings.data_dir)
     batch = job.dataset.batch_size
-    for d in args.stages:
-        for kind in dict.fromkeys(args.plans + args.torch_plans):
-            print(f"{d} stages, {kind}: {describe(stage_plan(job, d, kind))}", flush=True)
+    plans = {d: {kind: stage_plan(job, d, kind) for kind in dict.fromkeys(args.plans + args.torch_plans)}
+             for d in args.stages}  # fmt: skip
+    for d, kinds in plans.items():
+        for kind, stages in kinds.items():
+            print(f"{d} stages, {kind}: {describe(stages)}", flush=True)
+
+    def kinds(d: int, wanted: list[str]) -> list[str]:
+        """The plans asked for, less an equal-layer plan that is the balanced one."""
+        same = "balanced" in wanted and plans[d].get("equal") == plans[d]["balanced"]
+        return [k for k in wanted if not (k == "equal" and same)]
+
     rows: list[dict] = []
 
     def add(case: str, rep: int, rate: float | None, **extra) -> None:
@@ -122,26 +130,26 @@ def main() -> None:
                 _, hist = train_reference(job.model, data, train, batch, job.dataset.val_batch_size)
                 add(f"reference {threads} thread(s)", rep, median_rate(hist))
             for d in args.stages:
-                for kind in args.torch_plans:
+                for kind in kinds(d, args.torch_plans):
                     for m in args.torch_micro_batches or args.micro_batches:
                         for sched in args.schedules:
                             case = f"torch {d} stages {kind} M={m} {sched}"
                             train = replace(base, micro_batches=m)
                             try:
-                                rate = torch_pipeline_samples_per_s(job, stage_plan(job, d, kind), train, sched, m,
+                                rate = torch_pipeline_samples_per_s(job, plans[d][kind], train, sched, m,
                                                                     args.torch_steps, warmup=2)  # fmt: skip
                             except TorchRefused as e:
                                 add(case, rep, None, refused=str(e))
                                 continue
                             add(case, rep, rate)
-                for kind in args.plans:
+                for kind in kinds(d, args.plans):
                     for m in args.micro_batches:
                         for sched in args.schedules:
                             if sched == "1f1b" and m == 1:
                                 continue  # the same schedule as GPipe at M=1
                             for wire in args.wires:
                                 train = replace(base, epochs=args.epochs, micro_batches=m, wire=wire, schedule=sched)
-                                res = train_local(job, train, d, url, settings, stages=stage_plan(job, d, kind))
+                                res = train_local(job, train, d, url, settings, stages=plans[d][kind])
                                 add(f"arceus {d} stages {kind} M={m} {sched} {wire}", rep, median_rate(res.epochs),
                                     busy=last_epoch_busy(res.epochs, res.stages),
                                     val_loss=res.epochs[-1]["val_loss"])  # fmt: skip
