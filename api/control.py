@@ -14,6 +14,9 @@ import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
+from arceus import keys
+from arceus.blobs import put_blob
+from arceus.checkpoints import CheckpointStore
 from arceus.config import JobConfig, TrainConfig
 from arceus.control.jobs import JobStore
 from arceus.errors import ArceusError, Conflict, UpstreamError
@@ -41,6 +44,7 @@ def _capacity(device: dict) -> int | None:
 class Control:
     def __init__(self, r: redis.Redis, celery: Celery, settings: Settings) -> None:
         self.r, self.celery, self.store = r, celery, JobStore(r)
+        self.checkpoints = CheckpointStore(settings.checkpoint_dir)
         self.init_timeout_s = settings.init_timeout_s
         # How long a run's stages may take to start (their start barrier waits as long).
         self.start_grace_s = settings.recv_timeout_s + 10
@@ -73,10 +77,13 @@ class Control:
             job = self.store.get(job["job_id"])
         return job
 
-    def initialize(self, job_id: str, seed: int = 0) -> dict:
+    def initialize(self, job_id: str, seed: int = 0, checkpoint: int | str | None = None) -> dict:
         """Partition the layers over the job's devices; each device's worker builds its shard
-        (weights from ``seed``, per layer) and keeps it in memory. Returns once all confirmed."""
+        (weights from ``seed``, per layer) and keeps it in memory. Returns once all confirmed.
+        With ``checkpoint`` ("latest" or a step), the shards are that checkpoint's weights and
+        optimizer state, split for the devices registered now, and training continues from its step."""
         job = self.job(job_id)
+        manifest = self.checkpoints.manifest(job_id, checkpoint) if checkpoint is not None else None
         devices = job["devices"]
         config = JobConfig.parse(job["config"])
         if not devices:
@@ -88,8 +95,11 @@ class Control:
         pending = []
         try:
             for shard in shards:
+                if manifest is not None:  # the stage's slice, by Redis: tensors never go through Celery
+                    data = self.checkpoints.slice(job_id, manifest["step"], shard.start_layer, shard.end_layer)
+                    put_blob(self.r, keys.restore(job_id, shard.stage), data, int(self.init_timeout_s) + 60)
                 queue = queue_for(shard.device_id)
-                args = [job_id, shard.device_id, shard.to_dict(), config.to_dict(), seed]
+                args = [job_id, shard.device_id, shard.to_dict(), config.to_dict(), seed, manifest is not None]
                 pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
         except Exception as e:  # the broker refused: nothing will confirm
             reason = f"could not enqueue the shards: {type(e).__name__}: {e}"
@@ -113,11 +123,13 @@ class Control:
                 raise UpstreamError(reason, 502) from None
             finally:
                 result.forget()
+        self.r.delete(*[keys.restore(job_id, s.stage) for s in shards])
         for info in confirmed:
             self.store.update_device(info["device_id"], torch_device=info["torch_device"])
         stages = [s.to_dict() for s in shards]
-        self.store.transition(job_id, "ready", plan=stages, init_seed=seed)
-        return {"plan": stages, "devices": confirmed}
+        step = manifest["step"] if manifest is not None else 0
+        self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
+        return {"plan": stages, "devices": confirmed, "step": step}
 
     def train(self, job_id: str, train: TrainConfig) -> dict:
         job = self.job(job_id)
@@ -125,15 +137,18 @@ class Control:
             # Let the store phrase the conflict (train before initialize, already training, ...).
             self.store.transition(job_id, "training")
         stages = tuple(StageAssignment.from_dict(s) for s in job.get("plan") or [])
-        spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages)
+        # From where the job's state is: its last run's end, or the checkpoint it was loaded from.
+        start = int(job.get("step") or 0)
+        spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages, start_step=start)
         spec.check_message_sizes(self.max_payload_elements)  # what every stage would refuse
         self.store.transition(
             job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
             run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
+            start_step=start,
         )  # fmt: skip
         for shard in stages:
             self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
-        return {"run_id": spec.run_id}
+        return {"run_id": spec.run_id, "start_step": start}
 
     def stop(self, job_id: str) -> None:
         moved = self.store.transition(job_id, "stopped", allowed_from=("training",), error="stopped by the user")
@@ -142,6 +157,7 @@ class Control:
     def delete(self, job_id: str) -> None:
         devices = self.store.get(job_id)["devices"]
         self.store.delete(job_id)
+        self.checkpoints.delete(job_id)
         for d in devices:  # free the workers' memory; a worker that is gone has nothing to free
             self.celery.send_task(
                 UNLOAD_SHARD, args=[job_id], queue=queue_for(d["device_id"]), expires=UNLOAD_EXPIRES_S

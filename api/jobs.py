@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Response, current_app
 from flask.views import MethodView
 
 from arceus.config import JobConfig
@@ -15,6 +15,7 @@ from .schemas import (
     JobsSchema,
     MessageSchema,
     MetricsSchema,
+    ModelQuerySchema,
     TeraflopsSchema,
 )
 
@@ -42,6 +43,8 @@ def _public(job: dict, control) -> dict:
     out.update(control.progress(job))
     if job.get("final"):
         out["final_metrics"] = job["final"]
+    out["step"] = job.get("step") or 0
+    out["checkpoints"] = control.checkpoints.summaries(job["job_id"])
     return out
 
 
@@ -83,6 +86,25 @@ class Metrics(MethodView):
     def get(self, job_id):
         """Per-epoch history and per-stage timings (compute, wait, send, bytes) of the job's last run."""
         return _control().metrics(job_id)
+
+
+@blp.route("/jobs/<job_id>/model")
+class Model(MethodView):
+    @blp.arguments(ModelQuerySchema, location="query")
+    @blp.doc(responses={"200": {"description": "the whole model as one safetensors file: its metadata holds "
+                                "model_config, sample_shape, step and metrics (load it with arceus.load_model)",
+                                "content": {"application/octet-stream": {}}}})  # fmt: skip
+    def get(self, query, job_id):
+        """The model of one of the job's checkpoints (default the latest), as one .safetensors file."""
+        control = _control()
+        control.store.get(job_id)  # 404 for an unknown job before anything else
+        manifest, combined = control.checkpoints.model(job_id, query["checkpoint"])
+        name = f"{job_id}-step{manifest['step']}.safetensors"
+        return Response(
+            combined.chunks(),
+            mimetype="application/octet-stream",
+            headers={"Content-Length": str(combined.size), "Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
 
 @blp.route("/previous_teraflops")

@@ -18,9 +18,10 @@ class Initialize(MethodView):
     @blp.arguments(InitializeSchema, required=False)
     @blp.response(200, InitializedSchema)
     def post(self, body, job_id):
-        """Partition the layers over the job's devices; every device's worker loads its shard."""
-        seed = (body or InitializeSchema().load({}))["seed"]
-        result = current_app.extensions["arceus"].initialize(job_id, seed=seed)
+        """Partition the layers over the job's devices; every device's worker loads its shard: new
+        weights from ``seed``, or a checkpoint of the job (``{"checkpoint": "latest"}`` or a step)."""
+        body = body or InitializeSchema().load({})
+        result = current_app.extensions["arceus"].initialize(job_id, seed=body["seed"], checkpoint=body["checkpoint"])
         return {"message": "Network initialized successfully", "job_id": job_id, **result}
 
 

@@ -123,6 +123,24 @@ def _option_field(o: Option) -> fields.Field:
 TrainSchema = _Strict.from_dict({name: _option_field(o) for name, o in TRAIN_OPTIONS.items()}, name="TrainSchema")
 
 
+class CheckpointRef(fields.Field):
+    """A checkpoint: "latest", or the step it was saved at."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == "latest" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        if isinstance(value, str) and value.isdigit():  # from a query string
+            return int(value)
+        raise ValidationError('must be "latest" or a step number (an integer >= 0)')
+
+
+def _checkpoint_field(description: str, **kw) -> CheckpointRef:
+    # The OpenAPI document says what it takes: the string "latest" or an integer.
+    meta = {"description": description, "oneOf": [{"type": "string", "enum": ["latest"]},
+                                                  {"type": "integer", "minimum": 0}]}  # fmt: skip
+    return CheckpointRef(metadata=meta, **kw)
+
+
 class InitializeSchema(_Strict):
     seed = fields.Integer(
         strict=True,
@@ -130,6 +148,15 @@ class InitializeSchema(_Strict):
         load_default=TRAIN_OPTIONS["seed"].default,
         metadata={"description": "seeds every layer's initial weights"},
     )
+    checkpoint = _checkpoint_field(
+        "load this checkpoint of the job (its weights and optimizer state, split for the devices registered now) "
+        "instead of initial weights; training continues from its step",
+        load_default=None,
+    )
+
+
+class ModelQuerySchema(_Strict):
+    checkpoint = _checkpoint_field("which checkpoint", load_default="latest")
 
 
 class DeviceRegisterSchema(_Strict):
@@ -208,6 +235,7 @@ class InitializedSchema(Schema):
     job_id = fields.String()
     plan = fields.List(fields.Nested(StagePlanSchema))
     devices = fields.List(fields.Nested(ShardLoadedSchema))
+    step = fields.Integer(metadata={"description": "the step training continues from (0, or the checkpoint's)"})
 
 
 class TrainStartedSchema(Schema):
@@ -217,6 +245,7 @@ class TrainStartedSchema(Schema):
     epochs = fields.Integer()
     learning_rate = fields.Float()
     train_config = fields.Nested(TrainSchema)
+    start_step = fields.Integer(metadata={"description": "the step of the data order the run starts at"})
 
 
 class EpochSchema(Schema):
@@ -270,6 +299,14 @@ class ProgressSchema(Schema):
     accuracy = fields.Float()
 
 
+class CheckpointSchema(Schema):
+    step = fields.Integer(metadata={"description": "steps trained when it was saved"})
+    epoch = fields.Integer(metadata={"description": "the epoch (from 0) training continues in from it"})
+    batch = fields.Integer(metadata={"description": "the batch of that epoch training continues at"})
+    metrics = fields.Nested(EpochSchema, metadata={"description": "the last finished epoch's metrics"})
+    created_at = fields.Float()
+
+
 class JobSchema(Schema):
     job_id = fields.String()
     status = fields.String(
@@ -287,6 +324,8 @@ class JobSchema(Schema):
     progress = fields.Nested(ProgressSchema)
     latest_metrics = fields.Nested(EpochSchema)
     final_metrics = fields.Nested(EpochSchema)
+    step = fields.Integer(metadata={"description": "steps the job has trained (where its next run starts)"})
+    checkpoints = fields.List(fields.Nested(CheckpointSchema), metadata={"description": "kept, oldest first"})
 
 
 class JobsSchema(Schema):

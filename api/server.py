@@ -1,10 +1,12 @@
-"""``python -m api.server``: the REST API on port 4000 (as the original Arceus)."""
+"""``python -m api.server``: the REST API on port 4000 (as the original Arceus), and the
+supervisor that follows its jobs' runs."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
+from arceus.control.supervisor import Supervisor
 from arceus.settings import Settings
 
 from . import create_app
@@ -17,8 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(Settings.from_env())
-    # Threaded: an initialize request waits for the workers while others are served.
-    app.run(host=args.host, port=args.port, threaded=True)
+    # Follows every run: writes its checkpoints, marks it completed (arceus.control.supervisor).
+    supervisor = Supervisor(app.extensions["arceus"].r, app.extensions["arceus"].checkpoints).start()
+    try:
+        # Threaded: an initialize request waits for the workers while others are served.
+        app.run(host=args.host, port=args.port, threaded=True)
+    finally:
+        supervisor.stop()
 
 
 if __name__ == "__main__":

@@ -271,6 +271,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
         Option("schedule", str, "gpipe", "pipeline schedule", choices=SCHEDULES),
         Option("seed", int, 0, "seeds the order of the training samples (and, in `arceus train`, the weights)",
                0, MAX_SEED),
+        Option("checkpoint_every", int, 0, "steps between checkpoints (0: the end of every epoch); the run's "
+               "last step is always saved", 0, 10_000_000),
+        Option("keep_checkpoints", int, 2, "how many of the job's latest checkpoints are kept", 1, 1000),
     )
 }  # fmt: skip
 
@@ -296,6 +299,9 @@ class TrainConfig:
     schedule: str = _default("schedule")
     # Seeds the weights (per layer) and the order of the training samples.
     seed: int = _default("seed")
+    # Steps between checkpoints; 0 saves at the end of every epoch (after its evaluation).
+    checkpoint_every: int = _default("checkpoint_every")
+    keep_checkpoints: int = _default("keep_checkpoints")
 
     @classmethod
     def parse(cls, data: Any) -> TrainConfig:

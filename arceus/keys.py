@@ -35,6 +35,7 @@ __all__ = [
     "job_devices",
     "job_pattern",
     "queue_for",
+    "restore",
 ]
 
 NAMESPACE = "arceus"
@@ -67,6 +68,11 @@ def job_pattern(job_id: str) -> str:
 def job_devices(job_id: str) -> str:
     """Set: the ids of the devices registered for the job."""
     return f"{job(job_id)}:devices"
+
+
+def restore(job_id: str, stage: int) -> str:
+    """List of chunks (``arceus.blobs``): the checkpoint slice ``stage`` of the job loads next."""
+    return f"{job(job_id)}:restore:{stage}"
 
 
 def device(device_id: int) -> str:
@@ -141,10 +147,10 @@ class RunKeys:
         """Hash: "<step>:<stage>" -> the stage's per-parameter gradient norms (JSON), for clipping."""
         return f"{self.prefix}:gradnorms"
 
-    @property
-    def finished(self) -> str:
-        """Counter: stages whose task finished; the last one marks the job completed."""
-        return f"{self.prefix}:finished"
+    def checkpoint_part(self, step: int, stage: int) -> str:
+        """List of chunks (``arceus.blobs``): a stage's part of the checkpoint at ``step``, until
+        the run's follower writes it to the checkpoint store."""
+        return f"{self.prefix}:ckpt:{step}:{stage}"
 
 
 # (glob pattern, type, meaning): every key above. A key Redis holds that matches none of
@@ -154,6 +160,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (JOBS, "zset", "job ids by creation time"),
     (job("*"), "hash", "a job's status, config, plan, run id, error"),
     (job_devices("*"), "set", "the devices registered for a job"),
+    (restore("*", "*"), "list", "the checkpoint slice a stage loads next"),
     (DEVICES, "set", "all device ids"),
     (DEVICE_SEQ, "string", "the last device id given out"),
     (device("*"), "string", "a device's JSON record"),
@@ -170,7 +177,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (_RUN.alive("*"), "string", "a stage's heartbeat"),
     (_RUN.ready, "string", "the start barrier"),
     (_RUN.claimed("*"), "string", "which host runs a stage"),
-    (_RUN.finished, "string", "stages finished"),
+    (_RUN.checkpoint_part("*", "*"), "list", "a stage's checkpoint part on its way to the store"),
     (_RUN.grad_norms, "hash", "every stage's gradient norms of a step"),
 )
 

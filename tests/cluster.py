@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Cluster(LocalCluster):
     def __init__(self, redis_url: str, data_dir: Path, logs: Path) -> None:
-        settings = Settings(redis_url=redis_url, data_dir=data_dir, threads=1, init_timeout_s=30)
+        # ARCEUS_HOME from the environment: the test session's throwaway one (conftest).
+        settings = Settings.from_env(redis_url=redis_url, data_dir=data_dir, threads=1, init_timeout_s=30)
         super().__init__(settings, port=free_port(), logs=logs)
         self.base = self.api_url
         self.api = ApiClient(self.base, timeout_s=60)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,12 @@ from arceus.settings import Settings
 # signal nobody hears. With a handler here, processes started from the tests get the default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# Checkpoints of every process the tests start go to a throwaway home, never the user's.
+_HOME = tempfile.mkdtemp(prefix="arceus-test-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["ARCEUS_HOME"] = _HOME
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +54,7 @@ def r(redis_url):
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     # Short timeouts so a broken pipeline fails a test in seconds, not minutes.
-    return Settings(data_dir=tmp_path / "data", recv_timeout_s=30.0)
+    return Settings(data_dir=tmp_path / "data", home=tmp_path / "home", recv_timeout_s=30.0)
 
 
 def write_mnist(root: Path, name: str = "MNIST", n_train: int = 6000, n_val: int = 1000) -> None:

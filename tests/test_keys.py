@@ -30,8 +30,9 @@ def test_the_key_layout():
         "alive": run.alive(0),
         "ready": run.ready,
         "claimed": run.claimed(0),
-        "finished": run.finished,
         "grad norms": run.grad_norms,
+        "checkpoint part": run.checkpoint_part(12, 1),
+        "restore": keys.restore("j1", 2),
     } == {
         "jobs": "arceus:jobs",
         "job": "arceus:job:j1",
@@ -52,14 +53,16 @@ def test_the_key_layout():
         "alive": "arceus:job:j1:run:r1:alive:0",
         "ready": "arceus:job:j1:run:r1:ready",
         "claimed": "arceus:job:j1:run:r1:claimed:0",
-        "finished": "arceus:job:j1:run:r1:finished",
         "grad norms": "arceus:job:j1:run:r1:gradnorms",
+        "checkpoint part": "arceus:job:j1:run:r1:ckpt:12:1",
+        "restore": "arceus:job:j1:restore:2",
     }
     # Every key above is in LAYOUT, under its own (most specific) meaning.
     assert keys.describe(run.fwd(2)) == "activations into a stage"
     assert keys.describe(keys.credit(run.bwd(0))) == "credits back to the sender of gradients"
     assert keys.describe(keys.DEVICE_SEQ) == "the last device id given out"
     assert keys.describe(keys.job("j1")) == "a job's status, config, plan, run id, error"
+    assert keys.describe(keys.restore("j1", 0)) == "the checkpoint slice a stage loads next"
     assert keys.describe("someone:else") is None
 
 

@@ -30,8 +30,10 @@ def host(app: Celery) -> ShardHost:
 
 
 @shared_task(name=LOAD_SHARD, bind=True)
-def load_shard(self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int) -> dict:
-    return host(self.app).load(job_id, device_id, shard, job_config, seed)
+def load_shard(
+    self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int, restore: bool = False
+) -> dict:
+    return host(self.app).load(job_id, device_id, shard, job_config, seed, restore)
 
 
 @shared_task(name=RUN_STAGE, bind=True)

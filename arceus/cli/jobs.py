@@ -1,15 +1,17 @@
-"""``arceus status`` and ``arceus jobs``: what the API says about jobs."""
+"""``arceus status``, ``jobs`` and ``export``: what the API says about jobs, and what they trained."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from ..config import ModelConfig
 from ..control.client import ApiClient
+from ..errors import ApiError
 from ..settings import Settings
 
-__all__ = ["add_commands", "bar", "job_line"]
+__all__ = ["add_commands", "bar", "checkpoint_line", "job_line"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +24,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     jobs = sub.add_parser("jobs", help="list jobs")
     jobs.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000)")
     jobs.set_defaults(func=cmd_jobs)
+
+    ex = sub.add_parser("export", help="download a job's trained model as one .safetensors file")
+    ex.add_argument("job_id")
+    ex.add_argument("-o", "--output", type=Path, help="where to write it (default: <job>-step<N>.safetensors)")
+    ex.add_argument("--checkpoint", default="latest", help="the step of a checkpoint (default: the latest)")
+    ex.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000)")
+    ex.set_defaults(func=cmd_export)
 
 
 def client_for(args: argparse.Namespace) -> ApiClient:
@@ -46,14 +55,40 @@ def job_line(job: dict) -> str:
     return "  ".join(parts)
 
 
+def checkpoint_line(job: dict) -> str | None:
+    if not job.get("checkpoints"):
+        return None
+    c = job["checkpoints"][-1]
+    m = c.get("metrics") or {}
+    where = f"epoch {c['epoch'] + 1} batch {c['batch'] + 1}" if c["batch"] else f"end of epoch {c['epoch']}"
+    acc = f", val acc {m['val_accuracy']:.4f}" if "val_accuracy" in m else ""
+    return f"  last checkpoint: step {c['step']} ({where}{acc}); export it with `arceus export {job['job_id']}`"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     client = client_for(args)
     while True:
         job = client.get(f"/api/jobs/{args.job_id}")
         print(job_line(job), flush=True)
         if not args.follow or job["status"] not in ("initializing", "training"):
+            if line := checkpoint_line(job):
+                print(line)
             return 0 if job["status"] != "failed" else 1
         time.sleep(2)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    step = args.checkpoint
+    if step == "latest":  # name the file by the step it holds
+        job = client.get(f"/api/jobs/{args.job_id}")
+        if not job["checkpoints"]:
+            raise ApiError(f"job {args.job_id} has no checkpoint yet: one is saved at the end of every epoch")
+        step = job["checkpoints"][-1]["step"]
+    dest = args.output or Path(f"{args.job_id}-step{step}.safetensors")
+    size = client.download(f"/api/jobs/{args.job_id}/model?checkpoint={step}", dest)
+    print(f"wrote {dest} ({size:,} bytes, step {step}); load it with arceus.load_model({str(dest)!r})")
+    return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -24,6 +24,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", help="torch device for every stage (default: mps > cuda > cpu)")
     t.add_argument("--no-fallback", action="store_true", help="fail instead of using the 'digits' stand-in")
     t.add_argument("--json", action="store_true", help="print the per-epoch history as JSON at the end")
+    t.add_argument("--job-id", help="name the run's checkpoints (default: a new id); with --resume, whose to resume")
+    t.add_argument(
+        "--resume",
+        metavar="STEP",
+        nargs="?",
+        const="latest",
+        help="continue --job-id from its latest checkpoint (or the one at STEP), on --stages stages",
+    )
     t.set_defaults(func=cmd_train)
 
 
@@ -98,8 +106,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"(wire {train.wire}, {train.micro_batches} micro-batches, batch {job.dataset.batch_size}, "
         f"lr {train.learning_rate})"
     )
+    if args.resume is not None and not args.job_id:
+        raise ConfigError("--resume", "needs --job-id: the job whose checkpoint to continue from")
+    resume = int(args.resume) if args.resume is not None and args.resume.isdigit() else args.resume
     with redis_for(settings) as url:
-        result = train_local(job, train, args.stages, url, settings, on_event=_print_event, device=args.device)
+        result = train_local(job, train, args.stages, url, settings, on_event=_print_event, device=args.device,
+                             job_id=args.job_id, resume=resume)  # fmt: skip
     last = result.epochs[-1]
     stages = [s for s in result.stages if s["epoch"] == last["epoch"]]
     raw = sum(s["bytes_raw"] for s in stages)
@@ -116,6 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if raw:
         print(f"  wire: {wire / last['samples']:,.0f} bytes/sample sent vs {raw / last['samples']:,.0f} fp32 "
               f"({raw / max(wire, 1):.2f}x smaller)")  # fmt: skip
+    if result.checkpoints:
+        job_id, step = result.spec.job_id, result.checkpoints[-1]
+        print(f"  checkpoint: step {step} in {settings.checkpoint_dir / job_id / str(step)}; continue with "
+              f"`arceus train --job-id {job_id} --resume` (and the same --job)")  # fmt: skip
     if args.json:
         print(json.dumps(result.epochs, indent=1))
     return 0

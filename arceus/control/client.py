@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from ..errors import ApiError
+from ..tensorfile import write_atomic
 
 __all__ = ["ApiClient"]
 
@@ -43,6 +45,22 @@ class ApiClient:
         if status >= 400:
             raise ApiError(f"{method} {path}: {status} {reply['message']}", status)
         return reply
+
+    def download(self, path: str, dest: Path) -> int:
+        """Stream a binary answer into ``dest`` (whole or not at all); returns its size in bytes."""
+        req = urllib.request.Request(self.base + path, method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                write_atomic(dest, iter(lambda: resp.read(1 << 20), b""))
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read())["message"]
+            except (ValueError, KeyError, TypeError):
+                message = e.reason
+            raise ApiError(f"GET {path}: {e.code} {message}", e.code) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ApiError(f"cannot download {self.base + path}: {getattr(e, 'reason', e)}") from None
+        return dest.stat().st_size
 
     def get(self, path: str) -> dict:
         return self.call("GET", path)

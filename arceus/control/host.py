@@ -1,8 +1,8 @@
 """What a device's worker holds between tasks: its shards, by job, and how it runs them.
 
-The Celery tasks in ``workers/`` are thin wrappers around ``ShardHost``; everything a
-stage run changes in a job's state (completed, failed with a reason, stopped) is done
-here, against the job store in Redis.
+The Celery tasks in ``workers/`` are thin wrappers around ``ShardHost``. A stage that fails
+marks its job failed here, with the reason; the API's supervisor (``control.supervisor``)
+marks a run completed once every stage is done and its last checkpoint is on disk.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import socket
 import redis
 
 from .. import keys
+from ..blobs import get_blob
 from ..config import JobConfig
 from ..engine.device import pick_device
 from ..engine.model import Shard, build_shard
 from ..engine.stage import StageRunner
+from ..engine.state import load_part, optimizer_state
 from ..errors import ArceusError, Conflict, RunAborted
-from ..events import EventLog
 from ..liveness import RunLiveness
-from ..plan.layers import train_flops_per_sample
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from ..settings import Settings
@@ -35,17 +35,28 @@ class ShardHost:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings, self.redis_url = settings, redis_url
         self.shards: dict[str, Shard] = {}
+        # Optimizer state by job, where its last run (or the checkpoint it was loaded from) left it.
+        self.optimizers: dict[str, dict | None] = {}
         self.r = redis.Redis.from_url(redis_url)
         self.store = JobStore(self.r)
 
-    def load(self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int) -> dict:
+    def load(
+        self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int, restore: bool = False
+    ) -> dict:
         if self.store.get(job_id)["status"] != "initializing":
             # A redelivered task of an initialization that is over must not replace a newer shard.
             return {"device_id": device_id, "skipped": "the job is not initializing"}
         plan = StageAssignment.from_dict(shard)
         job = JobConfig.parse(job_config)
-        module = build_shard(job, plan.start_layer, plan.end_layer, seed).to(pick_device(self.settings.device))
-        self.shards[job_id] = module
+        module = build_shard(job, plan.start_layer, plan.end_layer, seed)
+        optimizer = None
+        if restore:  # the API left this stage's slice of a checkpoint in Redis
+            data = get_blob(self.r, keys.restore(job_id, plan.stage))
+            if data is None:
+                raise Conflict(f"no checkpoint slice for stage {plan.stage} of job {job_id} in Redis: initialize again")
+            optimizer = load_part(module, data)
+        self.shards[job_id] = module.to(pick_device(self.settings.device))
+        self.optimizers[job_id] = optimizer
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
         return {"device_id": device_id, "stage": plan.stage, "start_layer": plan.start_layer,
@@ -53,6 +64,7 @@ class ShardHost:
                 "torch_device": str(next(module.parameters()).device)}  # fmt: skip
 
     def unload(self, job_id: str) -> bool:
+        self.optimizers.pop(job_id, None)
         return self.shards.pop(job_id, None) is not None
 
     def run(self, spec_dict: dict, stage: int) -> dict:
@@ -69,7 +81,8 @@ class ShardHost:
                 raise Conflict(
                     f"this worker holds no shard of job {spec.job_id} (was it restarted?): initialize the job again"
                 )
-            StageRunner(spec, stage, self.r, self.settings, model=model).run()
+            runner = StageRunner(spec, stage, self.r, self.settings, model, self.optimizers.get(spec.job_id))
+            runner.run()
         except RunAborted as e:
             job = self.store.get(spec.job_id)
             if job.get("run_id") != spec.run_id or job["status"] == "stopped":
@@ -79,8 +92,8 @@ class ShardHost:
         except Exception as e:
             self._fail(spec, f"stage {stage}: {type(e).__name__}: {e}")
             raise
-        if int(self.r.incr(spec.keys.finished)) == spec.num_stages:
-            self._complete(spec)
+        # The next run continues from here; the API's supervisor marks the job completed.
+        self.optimizers[spec.job_id] = optimizer_state(model, runner.opt)
         return {"stage": stage, "finished": True}
 
     def _fail(self, spec: RunSpec, reason: str) -> None:
@@ -91,26 +104,3 @@ class ShardHost:
             )
         except ArceusError:  # already failed (first reason wins), stopped, or a newer run
             pass
-
-    def _complete(self, spec: RunSpec) -> None:
-        events = EventLog(self.r, spec.keys).all()
-        epochs = [e for e in events if e["type"] == "epoch"]
-        stages = [e for e in events if e["type"] == "stage"]
-        rows = []
-        for shard in spec.stages:
-            mine = [e for e in stages if e["stage"] == shard.stage]
-            compute = sum(e["compute_s"] for e in mine)
-            samples = sum(e["samples"] for e in epochs)
-            flops = train_flops_per_sample(spec.job.layers, shard.start_layer, shard.end_layer) * samples
-            rows.append({"job_id": spec.job_id, "run_id": spec.run_id, "device_id": shard.device_id,
-                         "stage": shard.stage, "layers": [shard.start_layer, shard.end_layer],
-                         "flops": flops, "compute_seconds": compute,
-                         "teraflops": flops / compute / 1e12 if compute > 0 else 0.0})  # fmt: skip
-        self.store.add_teraflops(rows)
-        final = epochs[-1] if epochs else {}
-        try:
-            self.store.transition(
-                spec.job_id, "completed", allowed_from=("training",), expect={"run_id": spec.run_id}, final=final
-            )
-        except ArceusError as e:
-            log.warning("job %s finished but could not be marked completed: %s", spec.job_id, e)

@@ -69,6 +69,9 @@ class JobStore:
                 job[field] = json.loads(job[field])
         for field in ("created_at", "updated_at"):
             job[field] = float(job[field])
+        for field in ("step", "start_step"):  # steps trained: where the workers' state is, where a run began
+            if job.get(field):
+                job[field] = int(job[field])
         job["devices"] = self.job_devices(job_id)
         return job
 

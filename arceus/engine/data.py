@@ -21,7 +21,7 @@ from ..config import DatasetConfig
 from ..errors import DatasetUnavailable
 from ..plan.layers import SampleShape
 
-__all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize", "text_bytes"]
+__all__ = ["Dataset", "batch_indices", "load_dataset", "load_digits", "normalize", "steps_per_epoch", "text_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,11 @@ def load_dataset(cfg: DatasetConfig, data_dir: Path, download: bool = False) -> 
         tx, ty, vx, vy = _torchvision(cfg.name, Path(data_dir), download)
     log.info("loaded %s: %d train, %d validation samples", cfg.name, len(ty), len(vy))
     return Dataset(cfg.name, normalize(tx, cfg.mean, cfg.std), ty.long(), normalize(vx, cfg.mean, cfg.std), vy.long())
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in an epoch of ``n`` samples (``batch_indices``'s count)."""
+    return -(-n // batch_size)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ from ..errors import ProtocolError
 
 __all__ = ["BACKWARD_KINDS", "FORWARD_KINDS", "Msg", "encode_header", "parse_header"]
 
-FORWARD_KINDS = ("train", "eval", "epoch_end", "eval_end", "end")
+FORWARD_KINDS = ("train", "eval", "epoch_end", "eval_end", "checkpoint", "end")
 BACKWARD_KINDS = ("grad",)
 # Integer fields each kind must carry: (name, largest allowed value).
 _LIMIT = 1 << 40
@@ -28,6 +28,7 @@ _FIELDS: dict[str, tuple[tuple[str, int], ...]] = {
     "eval": (("epoch", _LIMIT),),
     "epoch_end": (("epoch", _LIMIT),),
     "eval_end": (("epoch", _LIMIT),),
+    "checkpoint": (("step", _LIMIT), ("epoch", _LIMIT), ("batch", _LIMIT)),
     "end": (),
 }  # fmt: skip
 _SECONDS = ("epoch_end", "eval_end")

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
 from ..settings import Settings
-from .data import Dataset, batch_indices, load_dataset
+from .data import Dataset, batch_indices, load_dataset, steps_per_epoch
 from .messages import Msg
 
 __all__ = ["check_batchnorm_rows", "dataset_messages", "prefetched", "training_data"]
@@ -35,25 +35,44 @@ def training_data(dataset: DatasetConfig, settings: Settings, sample: SampleShap
     return data
 
 
-def dataset_messages(data: Dataset, dataset: DatasetConfig, train: TrainConfig, device: torch.device) -> Iterator[Msg]:
-    step = 0
-    for epoch in range(train.epochs):
+def dataset_messages(
+    data: Dataset, dataset: DatasetConfig, train: TrainConfig, device: torch.device, start_step: int = 0
+) -> Iterator[Msg]:
+    """``train.epochs`` epochs from step ``start_step`` of the data order (a resumed run starts
+    inside an epoch when its checkpoint was). A ``checkpoint`` marker follows every
+    ``train.checkpoint_every``-th step, or every epoch's evaluation when that is 0, and always
+    the run's last evaluation; it says where training continues from."""
+    per_epoch = steps_per_epoch(len(data.train_y), dataset.batch_size)
+    first_epoch, skip = divmod(start_step, per_epoch)
+    every, step = train.checkpoint_every, start_step
+    last_step = first_epoch * per_epoch + train.epochs * per_epoch
+    for epoch in range(first_epoch, first_epoch + train.epochs):
         t0 = time.perf_counter()
         batches = batch_indices(len(data.train_y), dataset.batch_size, train.seed, epoch)
-        for i, (x, y) in enumerate(prefetched(data, batches)):  # (B, F), (B,)
+        start = skip if epoch == first_epoch else 0
+        for i, (x, y) in enumerate(prefetched(data, batches[start:]), start=start):  # (B, F), (B,)
             m = min(train.micro_batches, len(y))
             for mb, (xm, ym) in enumerate(zip(x.tensor_split(m), y.tensor_split(m), strict=True)):
                 head = {"kind": "train", "epoch": epoch, "step": step, "i": i, "steps": len(batches),
                         "mb": mb, "n_mb": m, "bs": len(y)}  # fmt: skip
                 yield Msg(head, xm.to(device), ym)
             step += 1
+            if every and step % every == 0 and step < last_step:
+                yield _checkpoint(step, per_epoch)
         secs = time.perf_counter() - t0
         yield Msg({"kind": "epoch_end", "epoch": epoch, "train_seconds": secs})
         for start in range(0, len(data.val_y), dataset.val_batch_size):
             end = start + dataset.val_batch_size
             yield Msg({"kind": "eval", "epoch": epoch}, data.val_x[start:end].to(device), data.val_y[start:end])
         yield Msg({"kind": "eval_end", "epoch": epoch, "train_seconds": secs})
+        if not every or step == last_step:
+            yield _checkpoint(step, per_epoch)
     yield Msg({"kind": "end"})
+
+
+def _checkpoint(step: int, per_epoch: int) -> Msg:
+    epoch, batch = divmod(step, per_epoch)
+    return Msg({"kind": "checkpoint", "step": step, "epoch": epoch, "batch": batch})
 
 
 def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

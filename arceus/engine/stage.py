@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import redis
 import torch
 
+from ..blobs import put_blob
 from ..errors import ConfigError, ProtocolError, RunAborted, TrainingDiverged
 from ..events import EventLog
+from ..keys import RUN_TTL_S
 from ..liveness import HEARTBEAT_S, RunLiveness
 from ..plan.runspec import RunSpec
 from ..plan.schedule import SCHEDULES
@@ -35,6 +37,7 @@ from .model import SeededDropout, Shard, build_shard, set_dropout_seed, set_drop
 from .optim import clip_to, grad_norms, make_optimizer
 from .saved import SavedTensorMeter
 from .source import check_batchnorm_rows, dataset_messages, training_data
+from .state import encode_part, load_optimizer_state
 
 __all__ = ["StageRunner"]
 
@@ -51,7 +54,15 @@ class _Step:
 
 
 class StageRunner:
-    def __init__(self, spec: RunSpec, stage: int, r: redis.Redis, settings: Settings, model: Shard | None = None):
+    def __init__(
+        self,
+        spec: RunSpec,
+        stage: int,
+        r: redis.Redis,
+        settings: Settings,
+        model: Shard | None = None,
+        optimizer_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.spec, self.stage, self.r, self.settings = spec, stage, r, settings
         shard = spec.stages[stage]
         self.first, self.last = stage == 0, stage == spec.num_stages - 1
@@ -66,6 +77,8 @@ class StageRunner:
             raise ConfigError("plan", f"{self.who} was given a shard of layers [{model.start}, {model.end})")
         self.model, self.device = model, next(model.parameters()).device
         self.opt = make_optimizer(model.parameters(), spec.train)
+        if optimizer_state:  # where the job's last run or checkpoint left it
+            load_optimizer_state(model, self.opt, optimizer_state)
         self.saved = SavedTensorMeter(model.parameters())
         self.schedule = SCHEDULES[spec.train.schedule]
         self.liveness, self.events = RunLiveness(r, spec.keys), EventLog(r, spec.keys)
@@ -105,7 +118,9 @@ class StageRunner:
 
     def _messages(self) -> Iterator[Msg]:
         if self.first:
-            return dataset_messages(self.data, self.spec.job.dataset, self.spec.train, self.device)
+            return dataset_messages(
+                self.data, self.spec.job.dataset, self.spec.train, self.device, self.spec.start_step
+            )
         return self.links.forward_messages(self.model.input)
 
     def _loop(self) -> None:
@@ -127,6 +142,9 @@ class StageRunner:
             else:
                 if not self.last:
                     self.links.send_forward(h, None, None, f"marker {kind}")
+                if kind == "checkpoint":
+                    self._save_part(h)
+                    continue
                 if kind == "epoch_end":
                     self.events.emit("stage", stage=self.stage, epoch=h["epoch"] + 1, **self.links.metrics.snapshot())
                 elif kind == "eval_end" and self.last:
@@ -232,6 +250,16 @@ class StageRunner:
         self.links.metrics.compute_s += time.perf_counter() - t0
         if not self.last:
             self.links.send_forward(msg.header, out, msg, "evaluation activations")
+
+    def _save_part(self, h: dict) -> None:
+        """This stage's part of the checkpoint at step ``h["step"]``, into Redis for the run's
+        follower to write to the checkpoint store (``arceus.checkpoints``)."""
+        t0 = time.perf_counter()
+        meta = {"job_id": self.spec.job_id, "step": str(h["step"]), "stage": str(self.stage)}
+        data = encode_part(self.model, self.opt, meta)
+        put_blob(self.r, self.spec.keys.checkpoint_part(h["step"], self.stage), data, RUN_TTL_S)
+        self.events.emit("checkpoint_part", stage=self.stage, step=h["step"], epoch=h["epoch"], batch=h["batch"],
+                         bytes=len(data), seconds=time.perf_counter() - t0)  # fmt: skip
 
     def _publish_weights(self) -> None:
         """Final parameters into the run's weights hash (lossless payloads), for tests and export."""

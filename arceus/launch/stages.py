@@ -19,9 +19,14 @@ import redis
 import torch
 
 from .. import keys
+from ..blobs import get_blob, put_blob
+from ..checkpoints import CheckpointCollector, CheckpointStore
 from ..config import JobConfig, TrainConfig
+from ..engine.device import pick_device
+from ..engine.model import Shard, build_shard
 from ..engine.stage import StageRunner
-from ..errors import RunFailed
+from ..engine.state import load_part
+from ..errors import ConfigError, RunFailed
 from ..events import EventLog
 from ..liveness import RunLiveness
 from ..plan.partition import StageAssignment
@@ -41,6 +46,7 @@ class RunResult:
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     weights: dict = field(default_factory=dict)
+    checkpoints: list[int] = field(default_factory=list)  # steps of the checkpoints this run committed
 
 
 def read_weights(r: redis.Redis, spec: RunSpec) -> dict[str, torch.Tensor]:
@@ -56,13 +62,26 @@ def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -
     r = redis.Redis.from_url(redis_url)
     try:
         try:
-            runner = StageRunner(spec, stage, r, settings)
+            model, optimizer_state = _restored(r, spec, stage) if spec.start_step else (None, None)
+            runner = StageRunner(spec, stage, r, settings, model=model, optimizer_state=optimizer_state)
         except Exception as e:  # before run() reports for itself: the run's reason is this
             RunLiveness(r, spec.keys).abort(f"stage {stage}: {type(e).__name__}: {e}")
             raise
         runner.run()
     finally:
         r.close()
+
+
+def _restored(r: redis.Redis, spec: RunSpec, stage: int) -> tuple[Shard, dict]:
+    """The stage's layers and optimizer state from the checkpoint slice its launcher left in Redis."""
+    data = get_blob(r, keys.restore(spec.job_id, stage))
+    if data is None:
+        raise RunFailed(f"run {spec.run_id} resumes at step {spec.start_step}, but no checkpoint slice for stage "
+                        f"{stage} is in Redis ({keys.restore(spec.job_id, stage)})")  # fmt: skip
+    shard = spec.stages[stage]
+    model = build_shard(spec.job, shard.start_layer, shard.end_layer, spec.train.seed)
+    optimizer_state = load_part(model, data)
+    return model.to(pick_device(spec.device_for(stage))), optimizer_state
 
 
 def _stage_process(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
@@ -87,13 +106,31 @@ def train_local(
     device: str | None = None,
     keep_weights: bool = False,
     stages: Sequence[StageAssignment] = (),
+    job_id: str | None = None,
+    resume: int | str | None = None,
 ) -> RunResult:
-    spec = RunSpec.new(job, train, num_stages, device=device, stages=stages)
+    """Train ``job`` on ``num_stages`` stage processes; checkpoints go to the store under
+    ``settings.checkpoint_dir``, by ``job_id`` (a new one when None). ``resume`` ("latest" or a
+    step) continues that job from one of its checkpoints, on however many stages."""
+    store = CheckpointStore(settings.checkpoint_dir)
+    start_step = 0
+    if resume is not None:
+        if job_id is None:
+            raise ConfigError("resume", "needs the id of the job whose checkpoint to resume")
+        manifest = store.manifest(job_id, resume)
+        if manifest["model_config"] != job.model.to_dict():
+            raise ConfigError("resume", f"checkpoint {manifest['step']} of job {job_id} holds another model_config")
+        start_step = manifest["step"]
+    spec = RunSpec.new(job, train, num_stages, job_id=job_id, device=device, stages=stages, start_step=start_step)
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)
     r = redis.Redis.from_url(redis_url)
     events, liveness = EventLog(r, spec.keys), RunLiveness(r, spec.keys)
+    collector = CheckpointCollector(r, store, spec)
+    for shard in spec.stages if start_step else ():
+        data = store.slice(spec.job_id, start_step, shard.start_layer, shard.end_layer)
+        put_blob(r, keys.restore(spec.job_id, shard.stage), data, keys.RUN_TTL_S)
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(
@@ -112,6 +149,7 @@ def train_local(
         while len(done) < num_stages:
             for entry_id, ev in events.read(last, block_ms=200):
                 last = entry_id
+                collector.handle(ev)
                 kind = ev["type"]
                 if kind == "epoch":
                     result.epochs.append(ev)
@@ -128,6 +166,7 @@ def train_local(
                     reason = liveness.reason() or f"stage {s} process exited with code {p.exitcode}"
                     raise RunFailed(reason)
         result.seconds = time.perf_counter() - t0
+        result.checkpoints = collector.committed
         if keep_weights:
             result.weights = read_weights(r, spec)
         return result
@@ -141,6 +180,7 @@ def train_local(
                 p.terminate()
                 p.join(timeout=5)
         _cleanup(r, spec.keys)
+        r.delete(*[keys.restore(spec.job_id, s) for s in range(num_stages)])
         r.close()
 
 

@@ -27,6 +27,9 @@ class RunSpec:
     stages: tuple[StageAssignment, ...]
     # Torch device per stage ("cpu", "cuda:0", "mps"); None picks mps > cuda > cpu.
     devices: tuple[str | None, ...] = field(default=())
+    # Steps the job has trained before this run: it starts at that point of the data order
+    # (from a checkpoint, or where the job's previous run ended) and numbers steps from it.
+    start_step: int = 0
 
     @classmethod
     def new(
@@ -37,6 +40,7 @@ class RunSpec:
         job_id: str | None = None,
         device: str | None = None,
         stages: Sequence[StageAssignment] = (),
+        start_step: int = 0,
     ) -> RunSpec:
         """A new run of ``num_stages`` stages on the cost-balanced plan, or on ``stages`` when given."""
         stages = tuple(stages) or tuple(plan(job.layers, num_stages))
@@ -49,6 +53,7 @@ class RunSpec:
             train=train,
             stages=stages,
             devices=(device,) * num_stages,
+            start_step=start_step,
         )
 
     @property
@@ -83,6 +88,7 @@ class RunSpec:
             "train_config": self.train.to_dict(),
             "stages": [s.to_dict() for s in self.stages],
             "devices": list(self.devices),
+            "start_step": self.start_step,
         }
 
     @classmethod
@@ -94,4 +100,5 @@ class RunSpec:
             train=TrainConfig.parse(d["train_config"]),
             stages=tuple(StageAssignment.from_dict(s) for s in d["stages"]),
             devices=tuple(d.get("devices", ())),
+            start_step=int(d.get("start_step", 0)),
         )

@@ -1,0 +1,154 @@
+"""What follows every training run on the API's side: its checkpoints and its end.
+
+A run's stages report on the run's event stream. The supervisor, a thread of the API
+process (``python -m api.server``), reads the streams of the jobs that are training, and of
+runs it has not read to the end (after the API restarts, from their start: writing a
+checkpoint part again is harmless). For each run it
+- writes every stage's checkpoint part to the store and commits each checkpoint once all
+  parts are in (``arceus.checkpoints.CheckpointCollector``);
+- once every stage is done, marks the job completed with its final metrics, the step it
+  reached and each stage's TFLOP/s, so a completed job's last checkpoint is on disk.
+A stage that fails marks the job failed itself (``control.host``); a run whose stages all
+vanished is failed by ``api.control.Control.reap``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from .. import keys
+from ..checkpoints import CheckpointCollector, CheckpointStore
+from ..config import JobConfig, TrainConfig
+from ..errors import ArceusError
+from ..events import EventLog
+from ..plan.layers import train_flops_per_sample
+from ..plan.partition import StageAssignment
+from ..plan.runspec import RunSpec
+from .jobs import JobStore
+
+__all__ = ["Supervisor", "run_spec"]
+
+log = logging.getLogger(__name__)
+
+
+def run_spec(job: dict) -> RunSpec:
+    """The spec of the job's current (or last) run, from the job's record."""
+    return RunSpec(
+        job["job_id"],
+        job["run_id"],
+        JobConfig.parse(job["config"]),
+        TrainConfig.parse(job["train_config"]),
+        tuple(StageAssignment.from_dict(s) for s in job["plan"]),
+        start_step=int(job.get("start_step") or 0),
+    )
+
+
+class _Run:
+    """One run being read: where in its event stream, what it reported."""
+
+    def __init__(self, r: redis.Redis, store: CheckpointStore, job: dict) -> None:
+        self.spec = run_spec(job)
+        self.collector = CheckpointCollector(r, store, self.spec)
+        self.events = EventLog(r, self.spec.keys)
+        self.cursor = b"0-0"
+        self.done: set[int] = set()
+        self.epochs: list[dict] = []
+        self.stage_rows: list[dict] = []
+
+    def read(self) -> int:
+        """Take every event written since the last read; returns how many there were."""
+        n = 0
+        for entry_id, ev in self.events.read(self.cursor):
+            self.cursor, n = entry_id, n + 1
+            self.collector.handle(ev)
+            if ev["type"] == "epoch":
+                self.epochs.append(ev)
+            elif ev["type"] == "stage":
+                self.stage_rows.append(ev)
+            elif ev["type"] == "stage_done":
+                self.done.add(int(ev["stage"]))
+        return n
+
+
+class Supervisor:
+    def __init__(self, r: redis.Redis, store: CheckpointStore, interval_s: float = 0.25) -> None:
+        self.r, self.store, self.jobs, self.interval_s = r, store, JobStore(r), interval_s
+        self.runs: dict[str, _Run] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Supervisor:
+        self._thread = threading.Thread(target=self._loop, name="arceus-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("supervisor: Redis is unreachable (%s); retrying", e)
+                self._stop.wait(2.0)
+            except Exception:  # a bug here must not end supervision of every other job
+                log.exception("supervisor: unexpected error; retrying")
+                self._stop.wait(2.0)
+            self._stop.wait(self.interval_s)
+
+    def poll(self) -> None:
+        """One pass over the jobs: read every followed run's new events, finish the runs that ended."""
+        for job in self.jobs.list():
+            run_id = job.get("run_id")
+            if not run_id or job.get("collected_run") == run_id:
+                continue
+            run = self.runs.get(run_id)
+            if run is None:
+                try:
+                    run = self.runs[run_id] = _Run(self.r, self.store, job)
+                except (ArceusError, KeyError, ValueError) as e:
+                    log.error("job %s: run %s cannot be followed: %s", job["job_id"], run_id, e)
+                    self.jobs.set_fields(job["job_id"], collected_run=run_id)
+                    continue
+            try:
+                run.read()
+            except ArceusError as e:  # a checkpoint part that cannot be written
+                log.error("job %s: %s", job["job_id"], e)
+            if len(run.done) == run.spec.num_stages:
+                self._complete(run)
+            elif job["status"] != "training":  # failed or stopped, and read to the end just now
+                self._finish(run)
+
+    def _complete(self, run: _Run) -> None:
+        spec = run.spec
+        samples = sum(e["samples"] for e in run.epochs)
+        rows = []
+        for shard in spec.stages:
+            compute = sum(e["compute_s"] for e in run.stage_rows if e["stage"] == shard.stage)
+            flops = train_flops_per_sample(spec.job.layers, shard.start_layer, shard.end_layer) * samples
+            rows.append({"job_id": spec.job_id, "run_id": spec.run_id, "device_id": shard.device_id,
+                         "stage": shard.stage, "layers": [shard.start_layer, shard.end_layer],
+                         "flops": flops, "compute_seconds": compute,
+                         "teraflops": flops / compute / 1e12 if compute > 0 else 0.0})  # fmt: skip
+        step = run.collector.committed[-1] if run.collector.committed else spec.start_step
+        try:
+            self.jobs.transition(spec.job_id, "completed", allowed_from=("training",), expect={"run_id": spec.run_id},
+                                 final=run.epochs[-1] if run.epochs else {}, step=step)  # fmt: skip
+            self.jobs.add_teraflops(rows)
+        except ArceusError as e:  # stopped or superseded meanwhile: nothing to complete
+            log.info("job %s: run %s ended but is not the job's to complete: %s", spec.job_id, spec.run_id, e)
+        self._finish(run)
+
+    def _finish(self, run: _Run) -> None:
+        self.runs.pop(run.spec.run_id, None)
+        try:
+            if self.r.exists(keys.job(run.spec.job_id)):  # not deleted meanwhile (HSET would bring it back)
+                self.jobs.set_fields(run.spec.job_id, collected_run=run.spec.run_id)
+        except redis.RedisError as e:
+            log.warning("job %s: %s", run.spec.job_id, e)
