@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 
 import redis
 from celery import Celery
@@ -22,7 +23,7 @@ from arceus.control.jobs import JobStore
 from arceus.errors import ArceusError, Conflict, UpstreamError
 from arceus.events import EventLog
 from arceus.keys import UNLOAD_EXPIRES_S, RunKeys, queue_for
-from arceus.liveness import RunLiveness
+from arceus.liveness import HEARTBEAT_TTL_S, RunLiveness
 from arceus.plan.partition import StageAssignment, plan
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
@@ -46,6 +47,7 @@ class Control:
         self.r, self.celery, self.store = r, celery, JobStore(r)
         self.checkpoints = CheckpointStore(settings.checkpoint_dir)
         self.init_timeout_s = settings.init_timeout_s
+        self.recover_wait_s = settings.recover_wait_s
         # How long a run's stages may take to start (their start barrier waits as long).
         self.start_grace_s = settings.recv_timeout_s + 10
         # What a stage may decode: a run whose messages would exceed it is refused here.
@@ -85,13 +87,27 @@ class Control:
         job = self.job(job_id)
         manifest = self.checkpoints.manifest(job_id, checkpoint) if checkpoint is not None else None
         devices = job["devices"]
-        config = JobConfig.parse(job["config"])
         if not devices:
             raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
-        # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
-        shards = plan(config.layers, [d["device_id"] for d in devices], [_capacity(d) for d in devices],
-                      rows=config.dataset.batch_size)  # fmt: skip
+        shards = self._plan(job, devices)
         self.store.transition(job_id, "initializing", error="")
+        confirmed = self._load(job_id, shards, JobConfig.parse(job["config"]), seed, manifest)
+        stages = [s.to_dict() for s in shards]
+        step = manifest["step"] if manifest is not None else 0
+        self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
+        return {"plan": stages, "devices": confirmed, "step": step}
+
+    def _plan(self, job: dict, devices: list[dict]) -> list[StageAssignment]:
+        config = JobConfig.parse(job["config"])
+        # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
+        return plan(config.layers, [d["device_id"] for d in devices], [_capacity(d) for d in devices],
+                    rows=config.dataset.batch_size)  # fmt: skip
+
+    def _load(
+        self, job_id: str, shards: list[StageAssignment], config: JobConfig, seed: int, manifest: dict | None
+    ) -> list[dict]:
+        """Every device's worker loads its shard (from ``seed``, or its slice of the checkpoint
+        ``manifest``); returns their confirmations, or fails the job naming the device."""
         pending = []
         try:
             for shard in shards:
@@ -126,10 +142,101 @@ class Control:
         self.r.delete(*[keys.restore(job_id, s.stage) for s in shards])
         for info in confirmed:
             self.store.update_device(info["device_id"], torch_device=info["torch_device"])
-        stages = [s.to_dict() for s in shards]
-        step = manifest["step"] if manifest is not None else 0
-        self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
-        return {"plan": stages, "devices": confirmed, "step": step}
+        return confirmed
+
+    # ------------------------------------------------------------- recovery
+    def lose(self, job: dict, stage: int, step: int) -> None:
+        """A stage of the job's run stopped beating: pause the job (``recovering``) and stop the
+        run's other stages. The supervisor then calls ``recover`` until it trains again."""
+        device = next(s["device_id"] for s in job["plan"] if s["stage"] == stage)
+        reason = (
+            f"device {device} (stage {stage}) was lost: no heartbeat for {HEARTBEAT_TTL_S:.0f}s; waiting up to "
+            f"{self.recover_wait_s:.0f}s for it to come back or another device to register"
+        )
+        try:
+            self.store.transition(
+                job["job_id"], "recovering", allowed_from=("training",), expect={"run_id": job["run_id"]},
+                error=reason, lost_device=device, lost_stage=stage, lost_step=step, recovering_since=time.time(),
+            )  # fmt: skip
+        except ArceusError:  # stopped, failed or finished meanwhile
+            return
+        RunLiveness(self.r, RunKeys(job["job_id"], job["run_id"])).lose(stage, reason)
+        log.warning("job %s: %s", job["job_id"], reason)
+
+    def recover(self, job: dict) -> None:
+        job_id, lost = job["job_id"], int(job["lost_device"])
+        train = TrainConfig.parse(job["train_config"])
+        done = job.get("recoveries") or []
+        why = f"device {lost} (stage {job['lost_stage']}) was lost"
+        if len(done) >= train.max_recoveries:
+            self._fail_recovery(
+                job_id,
+                f"{why}, and the job has recovered {len(done)} of max_recoveries="
+                f"{train.max_recoveries} times: initialize it again from its last checkpoint",
+            )
+            return  # fmt: skip
+        since = float(job["recovering_since"])
+        planned = {s["device_id"] for s in job["plan"]}
+        served = self._served_devices()
+        devices = [d for d in job["devices"] if d["device_id"] in served]
+        back, newcomer = lost in served, any(d["device_id"] not in planned for d in devices)
+        if not (back or newcomer) and time.time() - since < self.recover_wait_s:
+            return  # keep waiting
+        try:
+            if not devices:
+                raise Conflict(f"{why}, and no worker of the job's devices answered within {self.recover_wait_s:.0f}s")
+            manifest, epochs = self._resume_point(job, train)
+            shards = self._plan(job, devices)
+        except ArceusError as e:
+            self._fail_recovery(job_id, f"{e}: initialize it again from its last checkpoint")
+            return
+        config = JobConfig.parse(job["config"])
+        try:
+            self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest)
+        except UpstreamError:  # the job is failed with the reason
+            return
+        start = manifest["step"] if manifest is not None else 0
+        resumed = replace(train, epochs=epochs)
+        spec = RunSpec(job_id, uuid.uuid4().hex[:12], config, resumed, tuple(shards), start_step=start)
+        record = {"device_lost": lost, "stage_lost": int(job["lost_stage"]), "at_step": int(job["lost_step"]),
+                  "resumed_from_step": start, "steps_redone": max(0, int(job["lost_step"]) - start),
+                  "seconds": round(time.time() - since, 2), "devices": [s.device_id for s in shards]}  # fmt: skip
+        try:
+            self.store.transition(
+                job_id, "training", allowed_from=("recovering",), expect={"run_id": job["run_id"]},
+                run_id=spec.run_id, plan=[s.to_dict() for s in shards], train_config=resumed.to_dict(),
+                start_step=start, step=start, started_at=time.time(), recoveries=[*done, record], error="",
+            )  # fmt: skip
+        except ArceusError:  # stopped meanwhile: stop wins
+            return
+        for shard in shards:
+            self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
+        log.warning("job %s: recovered on devices %s from step %d", job_id, record["devices"], start)
+
+    def _resume_point(self, job: dict, train: TrainConfig) -> tuple[dict | None, int]:
+        """The checkpoint a recovery loads (None: the initial weights) and the epochs left to train."""
+        start = int(job.get("start_step") or 0)
+        steps = [s for s in self.checkpoints.steps(job["job_id"]) if s >= start]
+        if not steps:
+            if start:
+                raise Conflict(f"no checkpoint of job {job['job_id']} at or after step {start} is left")
+            return None, train.epochs  # lost before its first checkpoint: the run again, from the start
+        manifest = self.checkpoints.manifest(job["job_id"], steps[-1])
+        if manifest["step"] == start:  # saved by the run before this one: this run again, whole
+            return manifest, train.epochs
+        return manifest, manifest["end_epoch"] - manifest["epoch"]
+
+    def _served_devices(self) -> set[int]:
+        """Devices some Celery worker serves the queue of now."""
+        queues = self.celery.control.inspect(timeout=1.0).active_queues() or {}
+        names = {q["name"] for served in queues.values() for q in served or ()}
+        return {int(n.removeprefix("device-")) for n in names if n.startswith("device-") and n[7:].isdigit()}
+
+    def _fail_recovery(self, job_id: str, reason: str) -> None:
+        try:
+            self.store.transition(job_id, "failed", allowed_from=("recovering",), error=reason)
+        except ArceusError:
+            pass
 
     def train(self, job_id: str, train: TrainConfig) -> dict:
         job = self.job(job_id)
@@ -144,14 +251,16 @@ class Control:
         self.store.transition(
             job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
             run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
-            start_step=start,
+            start_step=start, recoveries=[],
         )  # fmt: skip
         for shard in stages:
             self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
         return {"run_id": spec.run_id, "start_step": start}
 
     def stop(self, job_id: str) -> None:
-        moved = self.store.transition(job_id, "stopped", allowed_from=("training",), error="stopped by the user")
+        moved = self.store.transition(
+            job_id, "stopped", allowed_from=("training", "recovering"), error="stopped by the user"
+        )
         RunLiveness(self.r, RunKeys(job_id, moved["run_id"])).abort("stopped by the user")
 
     def delete(self, job_id: str) -> None:
@@ -182,7 +291,7 @@ class Control:
     def metrics(self, job_id: str) -> dict:
         job = self.store.get(job_id)
         if not job.get("run_id"):
-            return {"job_id": job_id, "run_id": None, "epochs": [], "stages": []}
+            return {"job_id": job_id, "run_id": None, "epochs": [], "stages": [], "recoveries": []}
         events = EventLog(self.r, RunKeys(job_id, job["run_id"])).all()
         return {
             "job_id": job_id,
@@ -190,4 +299,5 @@ class Control:
             "status": job["status"],
             "epochs": [e for e in events if e["type"] == "epoch"],
             "stages": [e for e in events if e["type"] == "stage"],
+            "recoveries": job.get("recoveries") or [],
         }

@@ -44,6 +44,7 @@ def _public(job: dict, control) -> dict:
     if job.get("final"):
         out["final_metrics"] = job["final"]
     out["step"] = job.get("step") or 0
+    out["recoveries"] = job.get("recoveries") or []
     out["checkpoints"] = control.checkpoints.summaries(job["job_id"])
     return out
 

@@ -307,10 +307,22 @@ class CheckpointSchema(Schema):
     created_at = fields.Float()
 
 
+class RecoverySchema(Schema):
+    """A device lost mid-run, and how the job went on."""
+
+    device_lost = fields.Integer()
+    stage_lost = fields.Integer()
+    at_step = fields.Integer(metadata={"description": "the job's step when it was lost (the last one reported)"})
+    resumed_from_step = fields.Integer(metadata={"description": "the step of the checkpoint loaded"})
+    steps_redone = fields.Integer()
+    seconds = fields.Float(metadata={"description": "from the loss being noticed to training again"})
+    devices = fields.List(fields.Integer(), metadata={"description": "the devices it went on with, by stage"})
+
+
 class JobSchema(Schema):
     job_id = fields.String()
     status = fields.String(
-        metadata={"description": "created, initializing, ready, training, completed, failed or stopped"}
+        metadata={"description": "created, initializing, ready, training, recovering, completed, failed or stopped"}
     )
     error = fields.String(allow_none=True, metadata={"description": "why the job failed or stopped"})
     model_config = fields.Nested(ModelConfigSchema)
@@ -326,6 +338,7 @@ class JobSchema(Schema):
     final_metrics = fields.Nested(EpochSchema)
     step = fields.Integer(metadata={"description": "steps the job has trained (where its next run starts)"})
     checkpoints = fields.List(fields.Nested(CheckpointSchema), metadata={"description": "kept, oldest first"})
+    recoveries = fields.List(fields.Nested(RecoverySchema), metadata={"description": "of the current training"})
 
 
 class JobsSchema(Schema):
@@ -338,6 +351,7 @@ class MetricsSchema(Schema):
     status = fields.String()
     epochs = fields.List(fields.Nested(EpochSchema))
     stages = fields.List(fields.Nested(StageEpochSchema))
+    recoveries = fields.List(fields.Nested(RecoverySchema))
 
 
 class TeraflopsRowSchema(Schema):

@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(Settings.from_env())
-    # Follows every run: writes its checkpoints, marks it completed (arceus.control.supervisor).
-    supervisor = Supervisor(app.extensions["arceus"].r, app.extensions["arceus"].checkpoints).start()
+    # Follows every run: writes its checkpoints, marks it completed, recovers it from a lost
+    # device (arceus.control.supervisor).
+    control = app.extensions["arceus"]
+    supervisor = Supervisor(control.r, control.checkpoints, recoverer=control).start()
     try:
         # Threaded: an initialize request waits for the workers while others are served.
         app.run(host=args.host, port=args.port, threaded=True)

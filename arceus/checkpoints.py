@@ -166,7 +166,7 @@ class CheckpointCollector:
     def __init__(self, r: redis.Redis, store: CheckpointStore, spec: RunSpec) -> None:
         self.r, self.store, self.spec = r, store, spec
         self.parts: dict[int, set[int]] = {}
-        self.positions: dict[int, tuple[int, int]] = {}
+        self.positions: dict[int, tuple[int, int, int]] = {}
         self.metrics: dict = {}
         self.committed: list[int] = []
 
@@ -193,7 +193,7 @@ class CheckpointCollector:
                 )
             return None
         self.parts.setdefault(step, set()).add(stage)
-        self.positions[step] = (int(ev["epoch"]), int(ev["batch"]))
+        self.positions[step] = (int(ev["epoch"]), int(ev["batch"]), int(ev["end_epoch"]))
         if len(self.parts[step]) < self.spec.num_stages:
             return None
         self._commit(step)
@@ -201,7 +201,7 @@ class CheckpointCollector:
 
     def _commit(self, step: int) -> None:
         spec, job = self.spec, self.spec.job
-        epoch, batch = self.positions.pop(step)
+        epoch, batch, end_epoch = self.positions.pop(step)
         sample = job.dataset.sample
         manifest = {
             "format": FORMAT,
@@ -210,6 +210,7 @@ class CheckpointCollector:
             "step": step,
             "epoch": epoch,  # the position training continues from: this epoch's batch ``batch``
             "batch": batch,
+            "end_epoch": end_epoch,  # the epoch its run was to end before (what a recovery finishes)
             "created_at": time.time(),
             **job.to_dict(),
             "sample": {"shape": list(sample.shape), "ids": sample.ids},

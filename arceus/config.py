@@ -274,6 +274,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
         Option("checkpoint_every", int, 0, "steps between checkpoints (0: the end of every epoch); the run's "
                "last step is always saved", 0, 10_000_000),
         Option("keep_checkpoints", int, 2, "how many of the job's latest checkpoints are kept", 1, 1000),
+        Option("max_recoveries", int, 3, "devices lost mid-run that the job recovers from before it fails", 0, 1000),
     )
 }  # fmt: skip
 
@@ -302,6 +303,7 @@ class TrainConfig:
     # Steps between checkpoints; 0 saves at the end of every epoch (after its evaluation).
     checkpoint_every: int = _default("checkpoint_every")
     keep_checkpoints: int = _default("keep_checkpoints")
+    max_recoveries: int = _default("max_recoveries")
 
     @classmethod
     def parse(cls, data: Any) -> TrainConfig:

@@ -129,6 +129,11 @@ class RunKeys:
         """String: the first reason the run was aborted for."""
         return f"{self.prefix}:abort"
 
+    @property
+    def lost(self) -> str:
+        """String: the first stage found to have stopped beating (its worker was lost)."""
+        return f"{self.prefix}:lost"
+
     def alive(self, stage: int) -> str:
         """String with a short expiry: ``alive`` while the stage beats, ``done`` when it finished."""
         return f"{self.prefix}:alive:{stage}"
@@ -175,6 +180,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (_RUN.weights, "hash", "a run's final parameters"),
     (_RUN.abort, "string", "why a run was aborted"),
     (_RUN.alive("*"), "string", "a stage's heartbeat"),
+    (_RUN.lost, "string", "the first stage a run lost"),
     (_RUN.ready, "string", "the start barrier"),
     (_RUN.claimed("*"), "string", "which host runs a stage"),
     (_RUN.checkpoint_part("*", "*"), "list", "a stage's checkpoint part on its way to the store"),

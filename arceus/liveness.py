@@ -45,6 +45,20 @@ class RunLiveness:
         v = self.r.get(self.run.abort)
         return v.decode() if v is not None else None
 
+    def lose(self, stage: int, reason: str) -> None:
+        """Record that ``stage`` was lost (the first one found wins) and abort the run."""
+        self.r.set(self.run.lost, stage, nx=True, ex=keys.RUN_TTL_S)
+        self.abort(reason)
+
+    def lost(self) -> int | None:
+        """The stage the run lost, if one stopped beating: the API then recovers the run."""
+        v = self.r.get(self.run.lost)
+        return int(v) if v is not None else None
+
+    def started(self, num_stages: int) -> bool:
+        """Every stage has beaten (and reached the start barrier): a missing beat now means lost."""
+        return int(self.r.get(self.run.ready) or 0) >= num_stages
+
     def beat(self, stage: int, finished: bool = False) -> None:
         if finished:
             self.r.set(self.run.alive(stage), "done", ex=keys.RESULTS_TTL_S)
@@ -70,7 +84,7 @@ class RunLiveness:
         for s, beat in zip(self._watched, beats, strict=True):
             if beat is None:
                 reason = f"stage {s} stopped responding (no heartbeat for {HEARTBEAT_TTL_S:.0f}s): its worker was lost"
-                self.abort(reason)
+                self.lose(s, reason)
                 raise RunAborted(self.reason() or reason)
 
     def wait_for_stages(self, num_stages: int, timeout_s: float, who: str) -> None:

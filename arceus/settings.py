@@ -46,6 +46,9 @@ class Settings:
     max_payload_elements: int = 1 << 26
     # Seconds the API waits for every device's worker to confirm its shard.
     init_timeout_s: float = field(default=60.0, metadata={"env": "ARCEUS_INIT_TIMEOUT"})
+    # Seconds the API waits, after losing a device mid-run, for it to come back or another
+    # device to register, before it goes on with the devices it has.
+    recover_wait_s: float = field(default=60.0, metadata={"env": "ARCEUS_RECOVER_WAIT_S"})
     # Torch threads of a stage or worker process; None keeps torch's default (all cores).
     threads: int | None = field(default=None, metadata={"env": "ARCEUS_THREADS"})
     # Torch device of a worker ("cpu", "cuda:1", "mps"); None picks mps > cuda > cpu.

@@ -195,16 +195,17 @@ def test_stop_ends_training_within_seconds(cluster, r):
     assert job["status"] == "completed", job["error"]
 
 
-def test_a_killed_worker_fails_the_job_with_a_reason(cluster):
+def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster):
     job_id, devices = _job_with_workers(cluster, 3)
     _initialize(cluster, job_id)
-    cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 500, "learning_rate": 0.1})
+    body = {"epochs": 500, "learning_rate": 0.1, "max_recoveries": 0}
+    cluster.call("POST", f"/api/network/train/{job_id}", body)
     cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
     cluster.kill(f"worker-{devices[1]}")
     t0 = time.monotonic()
-    job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 30, "the job to fail")
+    job = cluster.wait_for(job_id, lambda j: j["status"] not in ("training", "recovering"), 30, "the job to fail")
     assert job["status"] == "failed"
-    assert "stage 1 stopped responding" in job["error"] and "worker was lost" in job["error"]
+    assert f"device {devices[1]} (stage 1) was lost" in job["error"] and "max_recoveries=0" in job["error"]
     assert time.monotonic() - t0 < 20
 
 

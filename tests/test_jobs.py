@@ -12,7 +12,7 @@ STATES = tuple(TRANSITIONS)
 
 
 def test_the_states_are_closed_and_every_one_is_reachable():
-    assert STATES == ("created", "initializing", "ready", "training", "completed", "failed", "stopped")
+    assert STATES == ("created", "initializing", "ready", "training", "recovering", "completed", "failed", "stopped")
     assert {t for targets in TRANSITIONS.values() for t in targets} <= set(STATES)
     reached, frontier = {"created"}, ["created"]
     while frontier:

@@ -18,9 +18,12 @@ def test_messages_cover_every_epoch_in_the_seeded_order_with_markers():
     train = TrainConfig(epochs=2, micro_batches=2, seed=3)
     msgs = list(dataset_messages(data, cfg, train, torch.device("cpu")))
     kinds = [m.header["kind"] for m in msgs]
-    # Per epoch: 3 batches (4, 4, 2 samples) of 2 micro-batches, the marker, 2 eval batches, the marker.
-    epoch = ["train"] * 6 + ["epoch_end", "eval", "eval", "eval_end"]
+    # Per epoch: 3 batches (4, 4, 2 samples) of 2 micro-batches, the marker, 2 eval batches, the
+    # marker, and where a checkpoint is saved (by default after every epoch's evaluation).
+    epoch = ["train"] * 6 + ["epoch_end", "eval", "eval", "eval_end", "checkpoint"]
     assert kinds == epoch + epoch + ["end"]
+    marks = [m.header for m in msgs if m.header["kind"] == "checkpoint"]
+    assert [(h["step"], h["epoch"], h["batch"], h["end_epoch"]) for h in marks] == [(3, 1, 0, 2), (6, 2, 0, 2)]
     for e in range(2):
         train_msgs = [m for m in msgs if m.header["kind"] == "train" and m.header["epoch"] == e]
         order = torch.cat(batch_indices(10, 4, seed=3, epoch=e))
@@ -44,3 +47,21 @@ def test_a_batch_smaller_than_the_micro_batch_count_is_cut_into_one_row_each():
     assert [(h["i"], h["n_mb"], len(m.x)) for h, m in zip(heads, msgs, strict=False)] == [
         (0, 3, 2), (0, 3, 1), (0, 3, 1), (1, 1, 1)
     ]  # fmt: skip
+
+
+def test_a_run_resumed_inside_an_epoch_continues_the_same_order_with_checkpoints_every_n_steps():
+    data, cfg = _data(), DatasetConfig(batch_size=4, val_batch_size=5)
+    straight = list(dataset_messages(data, cfg, TrainConfig(epochs=3, seed=3), torch.device("cpu")))
+    # From step 4 (epoch 1, batch 1), 2 epochs: the rest of epoch 1, then epoch 2; a checkpoint every 2 steps.
+    train = TrainConfig(epochs=2, seed=3, checkpoint_every=2)
+    resumed = list(dataset_messages(data, cfg, train, torch.device("cpu"), start_step=4))
+    steps = [(m.header["step"], m.header["i"]) for m in resumed if m.header["kind"] == "train"]
+    assert steps == [(4, 1), (5, 2), (6, 0), (7, 1), (8, 2)]
+    later = [m for m in straight if m.header["kind"] == "train" and m.header["step"] >= 4]
+    torch.testing.assert_close(torch.cat([m.x for m in resumed if m.header["kind"] == "train"]),
+                               torch.cat([m.x for m in later]))  # fmt: skip
+    marks = [
+        (m.header["step"], m.header["epoch"], m.header["batch"]) for m in resumed if m.header["kind"] == "checkpoint"
+    ]
+    assert marks == [(6, 2, 0), (8, 2, 2), (9, 3, 0)]  # every 2nd step, and the run's last one after its evaluation
+    assert [m.header["end_epoch"] for m in resumed if m.header["kind"] == "checkpoint"] == [3, 3, 3]

@@ -43,7 +43,7 @@ class ShardHost:
     def load(
         self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int, restore: bool = False
     ) -> dict:
-        if self.store.get(job_id)["status"] != "initializing":
+        if self.store.get(job_id)["status"] not in ("initializing", "recovering"):
             # A redelivered task of an initialization that is over must not replace a newer shard.
             return {"device_id": device_id, "skipped": "the job is not initializing"}
         plan = StageAssignment.from_dict(shard)
@@ -85,8 +85,10 @@ class ShardHost:
             runner.run()
         except RunAborted as e:
             job = self.store.get(spec.job_id)
-            if job.get("run_id") != spec.run_id or job["status"] == "stopped":
-                return {"stage": stage, "stopped": True}
+            if job.get("run_id") != spec.run_id or job["status"] != "training":
+                return {"stage": stage, "stopped": str(e)}  # stopped, recovering, or a newer run
+            if RunLiveness(self.r, spec.keys).lost() is not None:
+                return {"stage": stage, "stopped": str(e)}  # a lost device: the API's supervisor recovers the run
             self._fail(spec, str(e))
             raise
         except Exception as e:

@@ -27,14 +27,17 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "initializing": ("ready", "failed"),
     # Back to created when the devices change: the plan no longer fits them.
     "ready": ("initializing", "training", "created"),
-    "training": ("completed", "failed", "stopped"),
+    "training": ("completed", "failed", "stopped", "recovering"),
+    # A device was lost mid-run: the API waits for it (or another), loads the last checkpoint
+    # onto the devices it has, and trains on; stop still wins.
+    "recovering": ("training", "failed", "stopped"),
     # Training again continues from the weights the workers hold (all stages took the same
     # steps). A stopped or failed run leaves stages at different steps: initialize again.
     "completed": ("initializing", "training", "created"),
     "failed": ("initializing", "created"),
     "stopped": ("initializing", "created"),
 }
-ACTIVE = ("initializing", "training")
+ACTIVE = ("initializing", "training", "recovering")
 
 
 def _now() -> float:
@@ -64,7 +67,7 @@ class JobStore:
         if not raw:
             raise NotFound(f"job {job_id!r} does not exist")
         job = {k.decode(): v.decode() for k, v in raw.items()}
-        for field in ("config", "plan", "train_config", "final"):
+        for field in ("config", "plan", "train_config", "final", "recoveries"):
             if job.get(field):
                 job[field] = json.loads(job[field])
         for field in ("created_at", "updated_at"):
@@ -140,12 +143,13 @@ class JobStore:
     # --------------------------------------------------------------- devices
     def register_device(self, job_id: str, info: dict) -> int:
         job = self.get(job_id)
-        if job["status"] in ACTIVE:
+        if job["status"] in ("initializing", "training"):
             raise Conflict(f"job {job_id} is {job['status']}: register devices before initializing it")
         name = info.get("name")
         if name and any(d.get("name") == name for d in job["devices"]):
             raise Conflict(f"a device named {name!r} is already registered for job {job_id}")
-        self._forget_plan(job)
+        if job["status"] != "recovering":  # a recovering job takes the newcomer into its next plan
+            self._forget_plan(job)
         device_id = int(self.r.incr(keys.DEVICE_SEQ))
         record = {"device_id": device_id, "job_id": job_id, "queue": keys.queue_for(device_id),
                   "registered_at": _now(), **info}  # fmt: skip

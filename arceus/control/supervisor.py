@@ -7,7 +7,10 @@ checkpoint part again is harmless). For each run it
 - writes every stage's checkpoint part to the store and commits each checkpoint once all
   parts are in (``arceus.checkpoints.CheckpointCollector``);
 - once every stage is done, marks the job completed with its final metrics, the step it
-  reached and each stage's TFLOP/s, so a completed job's last checkpoint is on disk.
+  reached and each stage's TFLOP/s, so a completed job's last checkpoint is on disk;
+- when a stage stops beating, hands the job to its ``recoverer`` (the API's ``Control``):
+  ``lose`` moves it to ``recovering``, and ``recover`` is called on every pass until the
+  job trains again on the devices it has, or fails.
 A stage that fails marks the job failed itself (``control.host``); a run whose stages all
 vanished is failed by ``api.control.Control.reap``.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 import redis
 
@@ -24,12 +28,13 @@ from ..checkpoints import CheckpointCollector, CheckpointStore
 from ..config import JobConfig, TrainConfig
 from ..errors import ArceusError
 from ..events import EventLog
+from ..liveness import RunLiveness
 from ..plan.layers import train_flops_per_sample
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from .jobs import JobStore
 
-__all__ = ["Supervisor", "run_spec"]
+__all__ = ["Recoverer", "Supervisor", "run_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,14 @@ def run_spec(job: dict) -> RunSpec:
     )
 
 
+class Recoverer(Protocol):
+    def lose(self, job: dict, stage: int, step: int) -> None:
+        """The run of ``job`` lost ``stage`` at about ``step``: move the job to recovering."""
+
+    def recover(self, job: dict) -> None:
+        """Wait for devices, or plan again, load the last checkpoint and train on (or fail)."""
+
+
 class _Run:
     """One run being read: where in its event stream, what it reported."""
 
@@ -53,7 +66,9 @@ class _Run:
         self.spec = run_spec(job)
         self.collector = CheckpointCollector(r, store, self.spec)
         self.events = EventLog(r, self.spec.keys)
+        self.liveness = RunLiveness(r, self.spec.keys)
         self.cursor = b"0-0"
+        self.step = self.spec.start_step  # the job's step the run reported last (about)
         self.done: set[int] = set()
         self.epochs: list[dict] = []
         self.stage_rows: list[dict] = []
@@ -70,12 +85,29 @@ class _Run:
                 self.stage_rows.append(ev)
             elif ev["type"] == "stage_done":
                 self.done.add(int(ev["stage"]))
+            elif ev["type"] == "progress":
+                self.step = max(self.step, int(ev.get("job_step", 0)))
         return n
+
+    def lost_stage(self) -> int | None:
+        """A stage that stopped beating: one its neighbours named, or one whose heartbeat
+        expired after every stage had started (a lone stage has no neighbour to notice)."""
+        lost = self.liveness.lost()
+        if lost is not None or not self.liveness.started(self.spec.num_stages):
+            return lost
+        stages = [s.stage for s in self.spec.stages]
+        for stage, beat in zip(stages, self.liveness.beats(stages), strict=True):
+            if beat is None and stage not in self.done:
+                return stage
+        return None
 
 
 class Supervisor:
-    def __init__(self, r: redis.Redis, store: CheckpointStore, interval_s: float = 0.25) -> None:
+    def __init__(
+        self, r: redis.Redis, store: CheckpointStore, recoverer: Recoverer | None = None, interval_s: float = 0.25
+    ) -> None:
         self.r, self.store, self.jobs, self.interval_s = r, store, JobStore(r), interval_s
+        self.recoverer = recoverer
         self.runs: dict[str, _Run] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,27 +135,40 @@ class Supervisor:
             self._stop.wait(self.interval_s)
 
     def poll(self) -> None:
-        """One pass over the jobs: read every followed run's new events, finish the runs that ended."""
+        """One pass over the jobs: read every followed run's new events, finish the runs that
+        ended, and hand lost devices and recovering jobs to the recoverer."""
         for job in self.jobs.list():
-            run_id = job.get("run_id")
-            if not run_id or job.get("collected_run") == run_id:
+            run = self._follow(job)
+            if self.recoverer is None:
                 continue
-            run = self.runs.get(run_id)
-            if run is None:
-                try:
-                    run = self.runs[run_id] = _Run(self.r, self.store, job)
-                except (ArceusError, KeyError, ValueError) as e:
-                    log.error("job %s: run %s cannot be followed: %s", job["job_id"], run_id, e)
-                    self.jobs.set_fields(job["job_id"], collected_run=run_id)
-                    continue
+            if job["status"] == "training" and run is not None and run.spec.run_id in self.runs:
+                lost = run.lost_stage()
+                if lost is not None:
+                    self.recoverer.lose(job, lost, run.step)
+            elif job["status"] == "recovering":
+                self.recoverer.recover(job)
+
+    def _follow(self, job: dict) -> _Run | None:
+        run_id = job.get("run_id")
+        if not run_id or job.get("collected_run") == run_id:
+            return None
+        run = self.runs.get(run_id)
+        if run is None:
             try:
-                run.read()
-            except ArceusError as e:  # a checkpoint part that cannot be written
-                log.error("job %s: %s", job["job_id"], e)
-            if len(run.done) == run.spec.num_stages:
-                self._complete(run)
-            elif job["status"] != "training":  # failed or stopped, and read to the end just now
-                self._finish(run)
+                run = self.runs[run_id] = _Run(self.r, self.store, job)
+            except (ArceusError, KeyError, ValueError) as e:
+                log.error("job %s: run %s cannot be followed: %s", job["job_id"], run_id, e)
+                self.jobs.set_fields(job["job_id"], collected_run=run_id)
+                return None
+        try:
+            run.read()
+        except ArceusError as e:  # a checkpoint part that cannot be written
+            log.error("job %s: %s", job["job_id"], e)
+        if len(run.done) == run.spec.num_stages:
+            self._complete(run)
+        elif job["status"] != "training":  # failed, stopped or recovering, and read to the end just now
+            self._finish(run)
+        return run
 
     def _complete(self, run: _Run) -> None:
         spec = run.spec

@@ -28,7 +28,7 @@ _FIELDS: dict[str, tuple[tuple[str, int], ...]] = {
     "eval": (("epoch", _LIMIT),),
     "epoch_end": (("epoch", _LIMIT),),
     "eval_end": (("epoch", _LIMIT),),
-    "checkpoint": (("step", _LIMIT), ("epoch", _LIMIT), ("batch", _LIMIT)),
+    "checkpoint": (("step", _LIMIT), ("epoch", _LIMIT), ("batch", _LIMIT), ("end_epoch", _LIMIT)),
     "end": (),
 }  # fmt: skip
 _SECONDS = ("epoch_end", "eval_end")

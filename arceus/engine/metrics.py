@@ -106,18 +106,23 @@ class EpochReport:
     them: ``progress`` at most every ``PROGRESS_EVERY_S`` (the first step at once) and
     ``epoch`` once the epoch's evaluation is done."""
 
-    def __init__(self, events: EventLog, epochs: int, text: bool = False) -> None:
-        self.events, self.epochs, self.text = events, epochs, text
+    def __init__(self, events: EventLog, epochs: int, text: bool = False, start_step: int = 0) -> None:
+        # ``epochs`` counts the run's epochs; a run resumed at ``start_step`` numbers them on from
+        # where the job was, so "epoch 3/4" reads the same as in one uninterrupted run.
+        self.events, self.epochs, self.text, self.start_step = events, epochs, text, start_step
+        self.end_epoch: int | None = None
         self.train, self.val = EpochStats(), EpochStats()
         self._last_progress = 0.0
 
     def train_step(self, header: dict, step: EpochStats) -> None:
         self.train.merge(step)
+        if self.end_epoch is None:  # steps per epoch come with the first step
+            self.end_epoch = self.start_step // header["steps"] + self.epochs
         if time.monotonic() - self._last_progress > PROGRESS_EVERY_S:
             self._last_progress = time.monotonic()
             self.events.emit(
                 "progress", epoch=header["epoch"] + 1, step=header["i"] + 1, steps=header["steps"],
-                loss=step.loss, accuracy=step.accuracy, samples=self.train.samples,
+                loss=step.loss, accuracy=step.accuracy, samples=self.train.samples, job_step=header["step"] + 1,
             )  # fmt: skip
 
     def epoch_done(self, header: dict) -> None:
@@ -127,7 +132,7 @@ class EpochReport:
         text = {"tokens_per_s": train.predictions / secs if secs > 0 else 0.0,
                 "val_bits_per_byte": val.loss / math.log(2)} if self.text else {}  # fmt: skip
         self.events.emit(
-            "epoch", epoch=header["epoch"] + 1, epochs=self.epochs,
+            "epoch", epoch=header["epoch"] + 1, epochs=self.end_epoch or self.epochs,
             train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
             samples_per_s=train.samples / secs if secs > 0 else 0.0, seconds=secs, samples=train.samples, **text,
         )  # fmt: skip

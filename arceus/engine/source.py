@@ -58,7 +58,7 @@ def dataset_messages(
                 yield Msg(head, xm.to(device), ym)
             step += 1
             if every and step % every == 0 and step < last_step:
-                yield _checkpoint(step, per_epoch)
+                yield _checkpoint(step, per_epoch, first_epoch + train.epochs)
         secs = time.perf_counter() - t0
         yield Msg({"kind": "epoch_end", "epoch": epoch, "train_seconds": secs})
         for start in range(0, len(data.val_y), dataset.val_batch_size):
@@ -66,13 +66,14 @@ def dataset_messages(
             yield Msg({"kind": "eval", "epoch": epoch}, data.val_x[start:end].to(device), data.val_y[start:end])
         yield Msg({"kind": "eval_end", "epoch": epoch, "train_seconds": secs})
         if not every or step == last_step:
-            yield _checkpoint(step, per_epoch)
+            yield _checkpoint(step, per_epoch, first_epoch + train.epochs)
     yield Msg({"kind": "end"})
 
 
-def _checkpoint(step: int, per_epoch: int) -> Msg:
+def _checkpoint(step: int, per_epoch: int, end_epoch: int) -> Msg:
+    """Where training continues from (``epoch``'s ``batch``), and the epoch the run ends before."""
     epoch, batch = divmod(step, per_epoch)
-    return Msg({"kind": "checkpoint", "step": step, "epoch": epoch, "batch": batch})
+    return Msg({"kind": "checkpoint", "step": step, "epoch": epoch, "batch": batch, "end_epoch": end_epoch})
 
 
 def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -125,7 +125,8 @@ class StageRunner:
 
     def _loop(self) -> None:
         msgs = self._messages()
-        report = EpochReport(self.events, self.spec.train.epochs, text=self.spec.job.dataset.name == "text")
+        text = self.spec.job.dataset.name == "text"
+        report = EpochReport(self.events, self.spec.train.epochs, text, self.spec.start_step)
         last_check = time.monotonic()
         for msg in msgs:
             if time.monotonic() - last_check > HEARTBEAT_S:  # a busy stage notices a stop too
@@ -259,7 +260,7 @@ class StageRunner:
         data = encode_part(self.model, self.opt, meta)
         put_blob(self.r, self.spec.keys.checkpoint_part(h["step"], self.stage), data, RUN_TTL_S)
         self.events.emit("checkpoint_part", stage=self.stage, step=h["step"], epoch=h["epoch"], batch=h["batch"],
-                         bytes=len(data), seconds=time.perf_counter() - t0)  # fmt: skip
+                         end_epoch=h["end_epoch"], bytes=len(data), seconds=time.perf_counter() - t0)  # fmt: skip
 
     def _publish_weights(self) -> None:
         """Final parameters into the run's weights hash (lossless payloads), for tests and export."""

@@ -1,0 +1,101 @@
+"""A lost worker is a pause, not the end: real workers, kill -9, a spare, and the weights of an unbroken run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from cluster import Cluster
+from conftest import write_mnist
+from torch.testing import assert_close
+
+from arceus import load_model
+from arceus.checkpoints import CheckpointStore
+from arceus.config import JobConfig, TrainConfig
+from arceus.launch.stages import train_local
+from arceus.tensorfile import write_atomic
+
+# Dropout (masks follow the step) and AdamW (moments and step count): a resumed run must
+# replay exactly. 4,800 samples in batches of 100: 48 steps an epoch, about a second or more
+# each here, so the kill lands in epoch 2 with two epochs to spare.
+JOB = {
+    "model_config": {"layers": [
+        {"type": "flatten"}, {"type": "linear", "out_features": 1024}, {"type": "relu"},
+        {"type": "dropout", "p": 0.2}, {"type": "linear", "out_features": 256}, {"type": "relu"},
+        {"type": "linear", "out_features": 10},
+    ]},
+    "dataset_config": {"name": "MNIST", "batch_size": 100, "val_batch_size": 500},
+}  # fmt: skip
+TRAIN = {"epochs": 4, "optimizer": "adamw", "learning_rate": 0.003, "wire": "fp32", "seed": 3}
+
+
+@pytest.fixture
+def cluster(redis_url, tmp_path):
+    write_mnist(tmp_path / "data", n_train=4800, n_val=500)
+    c = Cluster(redis_url, tmp_path / "data", tmp_path)
+    c.start_api(recover_wait_s=45)
+    yield c
+    c.stop_all()
+
+
+def _api(c: Cluster, method: str, path: str, body: object = None) -> dict:
+    status, reply = c.call(method, path, body)
+    assert status < 300, (status, reply)
+    return reply
+
+
+def _register(c: Cluster, job_id: str, name: str) -> int:
+    device = _api(c, "POST", "/api/devices/register", {"job_id": job_id, "name": name})["device_id"]
+    c.start_worker(device)
+    return device
+
+
+def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster, redis_url, settings):
+    job_id = _api(cluster, "POST", "/api/jobs", JOB)["job_id"]
+    devices = [_register(cluster, job_id, f"mac-{i}") for i in range(3)]
+    _api(cluster, "POST", f"/api/network/initialize/{job_id}", {"seed": 3})
+    _api(cluster, "POST", f"/api/network/train/{job_id}", TRAIN)
+    cluster.wait_for(job_id, lambda j: (j.get("progress") or {}).get("epoch") == 2, 120, "epoch 2")
+    cluster.kill(f"worker-{devices[1]}")  # SIGKILL: no goodbye
+    t_kill = time.monotonic()
+    job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 30, "the loss to be noticed")
+    assert job["status"] == "recovering", job
+    assert f"device {devices[1]} (stage 1) was lost" in job["error"]
+
+    spare = _register(cluster, job_id, "spare")  # registering during a recovery does not void anything
+    job = cluster.wait_for(job_id, lambda j: j["status"] == "training", 60, "training again")
+    back_after = time.monotonic() - t_kill
+    (rec,) = job["recoveries"]
+    assert rec["device_lost"] == devices[1] and rec["stage_lost"] == 1
+    assert rec["resumed_from_step"] == 48  # the checkpoint at the end of epoch 1
+    assert rec["devices"] == [devices[0], devices[2], spare] and rec["steps_redone"] >= 0
+    job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 180, "the job to end")
+    assert job["status"] == "completed", job["error"]
+    assert job["step"] == 192 and job["final_metrics"]["epoch"] == 4
+    assert _api(cluster, "GET", f"/api/jobs/{job_id}/metrics")["recoveries"] == job["recoveries"]
+    print(f"kill -> training again: {back_after:.1f}s; steps redone: {rec['steps_redone']}; {rec}")
+
+    # The same weights as a run nobody interrupted: a recovered run replays the same steps.
+    local = replace(settings, data_dir=cluster.settings.data_dir)
+    straight = train_local(JobConfig.parse(JOB), TrainConfig.parse(TRAIN), 3, redis_url, local, keep_weights=True)
+    _, combined = CheckpointStore(cluster.settings.checkpoint_dir).model(job_id)
+    path = settings.home / "recovered.safetensors"
+    write_atomic(path, combined.chunks())
+    model = load_model(path)
+    for k, v in straight.weights.items():
+        assert_close(model.state_dict()[k], v, msg=k)
+
+
+def test_stop_wins_over_a_recovery(cluster):
+    job_id = _api(cluster, "POST", "/api/jobs", JOB)["job_id"]
+    devices = [_register(cluster, job_id, f"mac-{i}") for i in range(2)]
+    _api(cluster, "POST", f"/api/network/initialize/{job_id}")
+    _api(cluster, "POST", f"/api/network/train/{job_id}", {**TRAIN, "epochs": 500})
+    cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
+    cluster.kill(f"worker-{devices[0]}")
+    cluster.wait_for(job_id, lambda j: j["status"] == "recovering", 30, "the recovery")
+    _api(cluster, "POST", f"/api/network/stop/{job_id}")
+    time.sleep(2)  # the supervisor's passes see a stopped job, and leave it so
+    job = _api(cluster, "GET", f"/api/jobs/{job_id}")
+    assert job["status"] == "stopped" and job["error"] == "stopped by the user"
