@@ -20,6 +20,7 @@ from arceus.blobs import put_blob
 from arceus.checkpoints import CheckpointStore
 from arceus.config import JobConfig, TrainConfig
 from arceus.control.jobs import JobStore
+from arceus.control.supervisor import merge_history
 from arceus.errors import ArceusError, Conflict, UpstreamError
 from arceus.events import EventLog
 from arceus.keys import UNLOAD_EXPIRES_S, RunKeys, queue_for
@@ -251,7 +252,7 @@ class Control:
         self.store.transition(
             job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
             run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
-            start_step=start, recoveries=[],
+            start_step=start, recoveries=[], history={},
         )  # fmt: skip
         for shard in stages:
             self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
@@ -289,15 +290,18 @@ class Control:
         return out
 
     def metrics(self, job_id: str) -> dict:
+        """The current training's epoch and stage rows: of its finished runs (kept with the job;
+        a recovered run's rows replace those it redid) and of the run under way."""
         job = self.store.get(job_id)
         if not job.get("run_id"):
             return {"job_id": job_id, "run_id": None, "epochs": [], "stages": [], "recoveries": []}
         events = EventLog(self.r, RunKeys(job_id, job["run_id"])).all()
+        live = ([e for e in events if e["type"] == "epoch"], [e for e in events if e["type"] == "stage"])
+        rows = merge_history(job.get("history") or {}, *live)
         return {
             "job_id": job_id,
             "run_id": job["run_id"],
             "status": job["status"],
-            "epochs": [e for e in events if e["type"] == "epoch"],
-            "stages": [e for e in events if e["type"] == "stage"],
+            **rows,
             "recoveries": job.get("recoveries") or [],
         }

@@ -37,10 +37,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     try:  # Ctrl-C at any moment, during start-up too, stops everything started here
-        with LocalCluster(settings, host=args.host, port=args.port) as cluster:
+        with LocalCluster(settings, host=args.host, port=args.port, persist=True) as cluster:
             here = lan_address() if args.host != "127.0.0.1" else "127.0.0.1"
             print(f"API        http://{here}:{cluster.port}/api   (docs: /api/docs, OpenAPI: /api/openapi.json)")
             print(f"Redis      {cluster.worker_redis_url()}")
+            print(f"Data       {settings.home}  (jobs: redis/, append-only; checkpoints: checkpoints/)")
             if args.flower:
                 print(f"Flower     {cluster.start_flower(args.flower_port)}")
             print("\nOn each machine that should hold layers (this one included):")
@@ -121,6 +122,6 @@ def _follow(client: ApiClient, job_id: str) -> dict:
         if tty and "step" in p:
             print(f"\r\033[Kepoch {p['epoch']:>3} [{bar(p['step'] / p['steps'])}] step {p['step']}/{p['steps']} "
                   f"loss {p['loss']:.4f} acc {p['accuracy']:.3f}", end="", flush=True)  # fmt: skip
-        if job["status"] not in ("training", "initializing"):
+        if job["status"] not in ("training", "initializing", "recovering"):
             return job
         time.sleep(0.5)

@@ -11,7 +11,7 @@ from ..control.client import ApiClient
 from ..errors import ApiError
 from ..settings import Settings
 
-__all__ = ["add_commands", "bar", "checkpoint_line", "job_line"]
+__all__ = ["add_commands", "bar", "checkpoint_line", "job_line", "recovery_lines"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -65,14 +65,21 @@ def checkpoint_line(job: dict) -> str | None:
     return f"  last checkpoint: step {c['step']} ({where}{acc}); export it with `arceus export {job['job_id']}`"
 
 
+def recovery_lines(job: dict) -> list[str]:
+    return [f"  recovered: device {r['device_lost']} (stage {r['stage_lost']}) lost at step {r['at_step']}; "
+            f"resumed from step {r['resumed_from_step']} on devices {r['devices']} after {r['seconds']:.1f}s "
+            f"({r['steps_redone']} steps redone)" for r in job.get("recoveries") or []]  # fmt: skip
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     client = client_for(args)
     while True:
         job = client.get(f"/api/jobs/{args.job_id}")
         print(job_line(job), flush=True)
-        if not args.follow or job["status"] not in ("initializing", "training"):
-            if line := checkpoint_line(job):
-                print(line)
+        if not args.follow or job["status"] not in ("initializing", "training", "recovering"):
+            for line in [checkpoint_line(job), *recovery_lines(job)]:
+                if line:
+                    print(line)
             return 0 if job["status"] != "failed" else 1
         time.sleep(2)
 

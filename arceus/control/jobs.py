@@ -67,7 +67,7 @@ class JobStore:
         if not raw:
             raise NotFound(f"job {job_id!r} does not exist")
         job = {k.decode(): v.decode() for k, v in raw.items()}
-        for field in ("config", "plan", "train_config", "final", "recoveries"):
+        for field in ("config", "plan", "train_config", "final", "recoveries", "history"):
             if job.get(field):
                 job[field] = json.loads(job[field])
         for field in ("created_at", "updated_at"):

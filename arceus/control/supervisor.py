@@ -34,7 +34,7 @@ from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from .jobs import JobStore
 
-__all__ = ["Recoverer", "Supervisor", "run_spec"]
+__all__ = ["Recoverer", "Supervisor", "expire_run", "merge_history", "run_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,24 @@ def run_spec(job: dict) -> RunSpec:
         tuple(StageAssignment.from_dict(s) for s in job["plan"]),
         start_step=int(job.get("start_step") or 0),
     )
+
+
+def merge_history(history: dict, epochs: list[dict], stages: list[dict]) -> dict:
+    """A training's epoch and stage rows over its runs: a recovered run redoes epochs, and its
+    rows replace those of the run it replaced."""
+    by_epoch = {e["epoch"]: e for e in [*history.get("epochs", []), *epochs]}
+    by_stage = {(s["epoch"], s["stage"]): s for s in [*history.get("stages", []), *stages]}
+    return {"epochs": [by_epoch[k] for k in sorted(by_epoch)], "stages": [by_stage[k] for k in sorted(by_stage)]}
+
+
+def expire_run(r: redis.Redis, run: keys.RunKeys) -> None:
+    """A finished run's keys: its streams and parts go now, the rest (events, liveness) after a day."""
+    transient = (":fwd:", ":bwd:", ":ckpt:")
+    for key in r.scan_iter(match=run.pattern, count=1000):
+        if any(t in key.decode() for t in transient):
+            r.delete(key)
+        else:
+            r.expire(key, keys.RESULTS_TTL_S)
 
 
 class Recoverer(Protocol):
@@ -191,9 +209,15 @@ class Supervisor:
         self._finish(run)
 
     def _finish(self, run: _Run) -> None:
+        """The run is over and read: keep its figures with the job, let its keys go."""
         self.runs.pop(run.spec.run_id, None)
+        spec = run.spec
         try:
-            if self.r.exists(keys.job(run.spec.job_id)):  # not deleted meanwhile (HSET would bring it back)
-                self.jobs.set_fields(run.spec.job_id, collected_run=run.spec.run_id)
-        except redis.RedisError as e:
-            log.warning("job %s: %s", run.spec.job_id, e)
+            if not self.r.exists(keys.job(spec.job_id)):  # deleted meanwhile (HSET would bring it back)
+                return
+            job = self.jobs.get(spec.job_id)
+            history = merge_history(job.get("history") or {}, run.epochs, run.stage_rows)
+            self.jobs.set_fields(spec.job_id, collected_run=spec.run_id, history=history)
+            expire_run(self.r, spec.keys)
+        except (redis.RedisError, ArceusError) as e:
+            log.warning("job %s: %s", spec.job_id, e)

