@@ -12,7 +12,8 @@ to disk happens in the launcher (the API's supervisor in a cluster), off the sta
 it is timed too.
 
 recovery: a real cluster (API, Celery workers, embedded Redis) trains a 4-epoch job on 3
-devices; a worker is SIGKILLed in epoch 2 and a spare registers; it reports the seconds
+devices; a worker is SIGKILLed in epoch 2 and a spare registers once the job is recovering
+(its worker then starts: importing torch is part of the time); it reports the seconds
 from the kill to training again (heartbeat expiry, the wait, loading the checkpoint on the
 devices, the stages' start) and the steps redone. Medians over the repeats.
 """
@@ -98,6 +99,8 @@ def recovery(repeats: int) -> None:
                 time.sleep(0.1)
             c.kill(f"worker-{devices[1]}")
             t_kill = time.monotonic()
+            while api.get(f"/api/jobs/{job_id}")["status"] != "recovering":  # a spare joins a recovery
+                time.sleep(0.1)
             spare = api.post("/api/devices/register", {"job_id": job_id, "name": "spare"})["device_id"]
             c.start_worker(spare)
             while (
