@@ -9,6 +9,7 @@ import pytest
 from cluster import Cluster, free_port
 from conftest import unlisted_keys, write_corpus, write_mnist
 
+from arceus import keys
 from arceus.control.jobs import JobStore
 from arceus.events import EventLog
 from arceus.keys import RunKeys
@@ -195,7 +196,7 @@ def test_stop_ends_training_within_seconds(cluster, r):
     assert job["status"] == "completed", job["error"]
 
 
-def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster):
+def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster, r):
     job_id, devices = _job_with_workers(cluster, 3)
     _initialize(cluster, job_id)
     body = {"epochs": 500, "learning_rate": 0.1, "max_recoveries": 0}
@@ -207,6 +208,14 @@ def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster)
     assert job["status"] == "failed"
     assert f"device {devices[1]} (stage 1) was lost" in job["error"] and "max_recoveries=0" in job["error"]
     assert time.monotonic() - t0 < 20
+    # What the failed run leaves behind goes: its streams at once, the rest (events, liveness) expires.
+    run = RunKeys(job_id, job["run_id"])
+    deadline = time.monotonic() + 10
+    while r.exists(run.fwd(1)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [k.decode() for k in r.scan_iter(match=run.pattern)]
+    assert not [k for k in left if ":fwd:" in k or ":bwd:" in k]
+    assert left and all(0 < r.ttl(k) <= keys.RESULTS_TTL_S for k in left), {k: r.ttl(k) for k in left}
 
 
 def _events(r, run: RunKeys) -> list[dict]:
