@@ -40,6 +40,12 @@ class Cluster(LocalCluster):
     def call(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, dict]:
         return self.api.request(method, path, body, raw)
 
+    def ok(self, method: str, path: str, body: object = None) -> dict:
+        """The JSON answer of a call that must succeed (the status and answer in the failure)."""
+        status, reply = self.call(method, path, body)
+        assert status < 300, (method, path, status, reply)
+        return reply
+
     def wait_http(self, path: str, timeout: float = 30, base: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while True:

@@ -172,25 +172,17 @@ def cluster(redis_url, tmp_path):
     c.stop_all()
 
 
-def _api(c: Cluster, method: str, path: str, body: object = None) -> dict:
-    status, reply = c.call(method, path, body)
-    assert status < 300, (status, reply)
-    return reply
-
-
 def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_reported(cluster, redis_url, settings):
     straight = train_local(JOB, _train(epochs=4), 3, redis_url, settings, keep_weights=True, job_id="straight")
 
-    job_id = _api(cluster, "POST", "/api/jobs", JOB.to_dict())["job_id"]
+    job_id = cluster.ok("POST", "/api/jobs", JOB.to_dict())["job_id"]
     devices = []
     for i in range(3):
-        devices.append(
-            _api(cluster, "POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})["device_id"]
-        )
+        devices.append(cluster.ok("POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})["device_id"])
         cluster.start_worker(devices[-1])
-    assert _api(cluster, "POST", f"/api/network/initialize/{job_id}", {"seed": 3})["step"] == 0
+    assert cluster.ok("POST", f"/api/network/initialize/{job_id}", {"seed": 3})["step"] == 0
     train = {**_train(epochs=2).to_dict(), "betas": [0.9, 0.999]}
-    assert _api(cluster, "POST", f"/api/network/train/{job_id}", train)["start_step"] == 0
+    assert cluster.ok("POST", f"/api/network/train/{job_id}", train)["start_step"] == 0
     job = cluster.wait_for(job_id, lambda j: j["status"] not in ("training",), 180, "the first run to end")
     assert job["status"] == "completed", job["error"]
     # Completed means its last checkpoint is on disk.
@@ -198,10 +190,10 @@ def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_repo
     assert job["checkpoints"][-1]["metrics"]["epoch"] == 2
 
     # One Mac leaves: the plan is void; the checkpoint is split again over the two left.
-    _api(cluster, "DELETE", f"/api/devices/{devices[2]}")
-    init = _api(cluster, "POST", f"/api/network/initialize/{job_id}", {"checkpoint": "latest"})
+    cluster.ok("DELETE", f"/api/devices/{devices[2]}")
+    init = cluster.ok("POST", f"/api/network/initialize/{job_id}", {"checkpoint": "latest"})
     assert init["step"] == 12 and len(init["plan"]) == 2
-    assert _api(cluster, "POST", f"/api/network/train/{job_id}", train)["start_step"] == 12
+    assert cluster.ok("POST", f"/api/network/train/{job_id}", train)["start_step"] == 12
     job = cluster.wait_for(job_id, lambda j: j["status"] not in ("training",), 180, "the resumed run to end")
     assert job["status"] == "completed", job["error"]
     assert job["step"] == 24 and [c["step"] for c in job["checkpoints"]] == [18, 24]
@@ -222,5 +214,5 @@ def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_repo
         assert f.metadata()["step"] == "24"
 
     # Deleting the job deletes its checkpoints.
-    _api(cluster, "DELETE", f"/api/jobs/{job_id}")
+    cluster.ok("DELETE", f"/api/jobs/{job_id}")
     assert not (cluster.settings.checkpoint_dir / job_id).exists()

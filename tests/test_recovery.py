@@ -39,23 +39,17 @@ def cluster(redis_url, tmp_path):
     c.stop_all()
 
 
-def _api(c: Cluster, method: str, path: str, body: object = None) -> dict:
-    status, reply = c.call(method, path, body)
-    assert status < 300, (status, reply)
-    return reply
-
-
 def _register(c: Cluster, job_id: str, name: str) -> int:
-    device = _api(c, "POST", "/api/devices/register", {"job_id": job_id, "name": name})["device_id"]
+    device = c.ok("POST", "/api/devices/register", {"job_id": job_id, "name": name})["device_id"]
     c.start_worker(device)
     return device
 
 
 def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster, redis_url, settings):
-    job_id = _api(cluster, "POST", "/api/jobs", JOB)["job_id"]
+    job_id = cluster.ok("POST", "/api/jobs", JOB)["job_id"]
     devices = [_register(cluster, job_id, f"mac-{i}") for i in range(3)]
-    _api(cluster, "POST", f"/api/network/initialize/{job_id}", {"seed": 3})
-    _api(cluster, "POST", f"/api/network/train/{job_id}", TRAIN)
+    cluster.ok("POST", f"/api/network/initialize/{job_id}", {"seed": 3})
+    cluster.ok("POST", f"/api/network/train/{job_id}", TRAIN)
     cluster.wait_for(job_id, lambda j: (j.get("progress") or {}).get("epoch") == 2, 120, "epoch 2")
     cluster.kill(f"worker-{devices[1]}")  # SIGKILL: no goodbye
     t_kill = time.monotonic()
@@ -73,7 +67,7 @@ def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster,
     job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 180, "the job to end")
     assert job["status"] == "completed", job["error"]
     assert job["step"] == 192 and job["final_metrics"]["epoch"] == 4
-    assert _api(cluster, "GET", f"/api/jobs/{job_id}/metrics")["recoveries"] == job["recoveries"]
+    assert cluster.ok("GET", f"/api/jobs/{job_id}/metrics")["recoveries"] == job["recoveries"]
     print(f"kill -> training again: {back_after:.1f}s; steps redone: {rec['steps_redone']}; {rec}")
 
     # The same weights as a run nobody interrupted: a recovered run replays the same steps.
@@ -88,14 +82,14 @@ def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster,
 
 
 def test_stop_wins_over_a_recovery(cluster):
-    job_id = _api(cluster, "POST", "/api/jobs", JOB)["job_id"]
+    job_id = cluster.ok("POST", "/api/jobs", JOB)["job_id"]
     devices = [_register(cluster, job_id, f"mac-{i}") for i in range(2)]
-    _api(cluster, "POST", f"/api/network/initialize/{job_id}")
-    _api(cluster, "POST", f"/api/network/train/{job_id}", {**TRAIN, "epochs": 500})
+    cluster.ok("POST", f"/api/network/initialize/{job_id}")
+    cluster.ok("POST", f"/api/network/train/{job_id}", {**TRAIN, "epochs": 500})
     cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
     cluster.kill(f"worker-{devices[0]}")
     cluster.wait_for(job_id, lambda j: j["status"] == "recovering", 30, "the recovery")
-    _api(cluster, "POST", f"/api/network/stop/{job_id}")
+    cluster.ok("POST", f"/api/network/stop/{job_id}")
     time.sleep(2)  # the supervisor's passes see a stopped job, and leave it so
-    job = _api(cluster, "GET", f"/api/jobs/{job_id}")
+    job = cluster.ok("GET", f"/api/jobs/{job_id}")
     assert job["status"] == "stopped" and job["error"] == "stopped by the user"
