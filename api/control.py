@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import replace
 
 import redis
 from celery import Celery
@@ -92,9 +91,10 @@ class Control:
             raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
         shards = self._plan(job, devices)
         self.store.transition(job_id, "initializing", error="")
+        step = manifest["step"] if manifest is not None else 0
+        self.checkpoints.drop_after(job_id, step)  # the future they saved is not this one's
         confirmed = self._load(job_id, shards, JobConfig.parse(job["config"]), seed, manifest)
         stages = [s.to_dict() for s in shards]
-        step = manifest["step"] if manifest is not None else 0
         self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
         return {"plan": stages, "devices": confirmed, "step": step}
 
@@ -142,6 +142,8 @@ class Control:
                 result.forget()
         self.r.delete(*[keys.restore(job_id, s.stage) for s in shards])
         for info in confirmed:
+            if "torch_device" not in info:  # skipped: the job moved on (stopped) while it loaded
+                raise Conflict(f"job {job_id} moved on while its devices loaded their shards: {info}")
             self.store.update_device(info["device_id"], torch_device=info["torch_device"])
         return confirmed
 
@@ -191,13 +193,20 @@ class Control:
         except ArceusError as e:
             self._fail_recovery(job_id, f"{e}: initialize it again from its last checkpoint")
             return
+        start = manifest["step"] if manifest is not None else 0
+        if epochs <= 0:  # lost after its last checkpoint: nothing is left to train
+            try:
+                self.store.transition(job_id, "completed", allowed_from=("recovering",), error="",
+                                      step=start, final=manifest["metrics"] if manifest else {})  # fmt: skip
+            except ArceusError:
+                pass
+            return
         config = JobConfig.parse(job["config"])
         try:
             self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest)
-        except UpstreamError:  # the job is failed with the reason
+        except ArceusError:  # the job is failed with the reason (or was stopped meanwhile)
             return
-        start = manifest["step"] if manifest is not None else 0
-        resumed = replace(train, epochs=epochs)
+        resumed = TrainConfig.parse({**train.to_dict(), "epochs": epochs})
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], config, resumed, tuple(shards), start_step=start)
         record = {"device_lost": lost, "stage_lost": int(job["lost_stage"]), "at_step": int(job["lost_step"]),
                   "resumed_from_step": start, "steps_redone": max(0, int(job["lost_step"]) - start),

@@ -30,7 +30,7 @@ import redis
 from .blobs import get_blob
 from .errors import ArceusError, ConfigError, NotFound
 from .plan.runspec import RunSpec
-from .tensorfile import Combined, TensorFile, combine, write_atomic
+from .tensorfile import Combined, TensorFile, combine, fsync_dir, write_atomic
 
 __all__ = ["FORMAT", "MODEL_FORMAT", "OPTIMIZER", "CheckpointCollector", "CheckpointStore", "layer_of"]
 
@@ -69,12 +69,10 @@ class CheckpointStore:
         folder = self.step_dir(job_id, step)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / _part_file(stage)
-        write_atomic(path, data)
-        try:
-            TensorFile.read(path)
-        except ArceusError:
-            path.unlink(missing_ok=True)
-            raise
+        # A part written again (a checkpoint being replaced) unmakes the checkpoint until it is
+        # committed again: no manifest ever names a mix of two trainings' parts.
+        (folder / MANIFEST).unlink(missing_ok=True)
+        write_atomic(path, data, check=TensorFile.read)  # a malformed part never replaces a file
         return path
 
     def has_part(self, job_id: str, step: int, stage: int) -> bool:
@@ -97,8 +95,23 @@ class CheckpointStore:
             step = int(folder.name)
             unfinished = not (folder / MANIFEST).is_file() and latest is not None and step < latest
             if step in dropped or unfinished:
-                shutil.rmtree(folder, ignore_errors=True)
+                self._remove(folder)
         return dropped
+
+    def drop_after(self, job_id: str, step: int) -> list[int]:
+        """Remove the checkpoints (finished or not) past ``step``: a job initialized again from
+        ``step`` (0: fresh weights) trains a different future, and must not find the old one."""
+        gone = sorted(int(f.name) for f in self._folders(job_id) if int(f.name) > step)
+        for s in gone:
+            self._remove(self.step_dir(job_id, s))
+        return gone
+
+    @staticmethod
+    def _remove(folder: Path) -> None:
+        # The manifest first: a crash midway leaves an unfinished checkpoint, never one that lies.
+        (folder / MANIFEST).unlink(missing_ok=True)
+        fsync_dir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
@@ -130,7 +143,10 @@ class CheckpointStore:
         """Each checkpoint's step, position and metrics, oldest first (what the API lists)."""
         out = []
         for step in self.steps(job_id):
-            m = self.manifest(job_id, step)
+            try:
+                m = self.manifest(job_id, step)
+            except (ArceusError, OSError, ValueError):  # pruned while we looked
+                continue
             out.append({k: m[k] for k in ("step", "epoch", "batch", "metrics", "created_at")})
         return out
 

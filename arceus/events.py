@@ -15,7 +15,9 @@ import redis
 
 from .keys import RunKeys
 
-__all__ = ["EventLog"]
+__all__ = ["EVENTS_PER_READ", "EventLog"]
+
+EVENTS_PER_READ = 1000
 
 
 class EventLog:
@@ -26,7 +28,7 @@ class EventLog:
         self.r.xadd(self.key, {"e": json.dumps({"type": kind, "time": time.time(), **fields})})
 
     def read(self, after: bytes = b"0-0", block_ms: int | None = None) -> Iterator[tuple[bytes, dict]]:
-        reply = self.r.xread({self.key: after}, count=1000, block=block_ms)
+        reply = self.r.xread({self.key: after}, count=EVENTS_PER_READ, block=block_ms)
         for _, entries in reply or ():
             for entry_id, fields in entries:
                 yield entry_id, json.loads(fields[b"e"])

@@ -21,10 +21,14 @@ from pathlib import Path
 
 from .errors import ArceusError
 
-__all__ = ["Combined", "TensorFile", "TensorFileError", "combine", "write_atomic"]
+__all__ = ["Combined", "TensorFile", "TensorFileError", "combine", "fsync_dir", "write_atomic"]
 
 MAX_HEADER = 100 << 20  # bytes of JSON; a real header is a few hundred bytes a tensor
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _count(v: object) -> bool:
+    return type(v) is int and v >= 0
 
 
 class TensorFileError(ArceusError):
@@ -54,19 +58,23 @@ class TensorFile:
                 raise TensorFileError(f"{path} is not a safetensors file: a header of {n} bytes in a file of {size}")
             try:
                 header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise TensorFileError(f"{path}: its header is not JSON ({e})") from None
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise TensorFileError(f"{path}: its header is not JSON ({type(e).__name__})") from None
         if not isinstance(header, dict):
             raise TensorFileError(f"{path}: its header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
         data_len = size - 8 - n
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise TensorFileError(f"{path}: its __metadata__ is not a map of strings")
         for name, t in header.items():
             try:
                 start, end = t["data_offsets"]
-                nbytes = math.prod(t["shape"]) * _DTYPE_BYTES[t["dtype"]]
+                shape, width = t["shape"], _DTYPE_BYTES[t["dtype"]]
             except (KeyError, TypeError, ValueError):
-                raise TensorFileError(f"{path}: tensor {name!r} has a malformed entry {t!r}") from None
-            if not 0 <= start <= end <= data_len or end - start != nbytes:
+                raise TensorFileError(f"{path}: tensor {name!r} has a malformed entry {str(t)[:200]}") from None
+            if not isinstance(shape, list) or not all(_count(v) for v in (start, end, *shape)):
+                raise TensorFileError(f"{path}: tensor {name!r} has offsets or a shape that are not counts")
+            if not start <= end <= data_len or end - start != math.prod(shape) * width:
                 raise TensorFileError(f"{path}: tensor {name!r} lies outside the file or has the wrong size")
         return cls(path, header, metadata, 8 + n)
 
@@ -129,9 +137,10 @@ def combine(
     return Combined(struct.pack("<Q", len(text)) + text, tuple(ranges))
 
 
-def write_atomic(path: Path, chunks: bytes | Iterable[bytes]) -> None:
+def write_atomic(path: Path, chunks: bytes | Iterable[bytes], check: Callable[[Path], object] | None = None) -> None:
     """Write ``path`` so that it is either absent or complete: a temporary file beside it,
-    fsync, rename over it, then fsync the directory so the rename itself survives a crash."""
+    fsync, ``check`` it (which raises for a bad one, leaving ``path`` as it was), rename it
+    over ``path``, then fsync the directory so the rename itself survives a crash."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -140,12 +149,19 @@ def write_atomic(path: Path, chunks: bytes | Iterable[bytes]) -> None:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or unlink in ``folder`` survive a crash (where directories can be synced)."""
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError:  # a platform whose directories cannot be opened (Windows): the rename is what it has
         return
     try:

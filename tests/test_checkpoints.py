@@ -216,3 +216,49 @@ def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_repo
     # Deleting the job deletes its checkpoints.
     cluster.ok("DELETE", f"/api/jobs/{job_id}")
     assert not (cluster.settings.checkpoint_dir / job_id).exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0.0, 16.0]}, "not counts"),
+        ({"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]}, "not counts"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]}, "not counts"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}, "lies outside the file"),
+        ({"dtype": "X9", "shape": [4], "data_offsets": [0, 16]}, "malformed entry"),
+    ],
+)
+def test_a_malformed_part_never_replaces_a_good_one(tmp_path, entry, message):
+    store = CheckpointStore(tmp_path)
+    _, _, good = _part(0, 7)
+    path = store.write_part("j1", 6, 0, good)
+    header = json.dumps({"w": entry}).encode()
+    with pytest.raises(TensorFileError, match=message):
+        store.write_part("j1", 6, 0, struct.pack("<Q", len(header)) + header + bytes(16))
+    assert path.read_bytes() == good and len(list(path.parent.iterdir())) == 1  # no temporary left either
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(TensorFileError, match="not JSON"):
+        store.write_part("j1", 6, 0, struct.pack("<Q", len(deep)) + deep)
+
+
+def test_initializing_again_drops_the_checkpoints_of_the_future_it_replaces(tmp_path):
+    store = CheckpointStore(tmp_path)
+    _, _, part = _part(0, 7)
+    for step in (6, 12, 18):
+        store.write_part("j1", step, 0, part)
+        store.commit("j1", step, {"step": step, "parts": [{"file": "stage-0.safetensors"}]})
+    assert store.drop_after("j1", 6) == [12, 18] and store.steps("j1") == [6]
+    store.write_part("j1", 6, 0, part)  # written again: not a checkpoint until committed again
+    assert store.steps("j1") == [] and store.drop_after("j1", 0) == [6]
+
+
+def test_load_model_checks_what_a_file_asks_to_build_before_building_it(tmp_path):
+    huge = {"layers": [{"type": "linear", "out_features": 65536}] * 8}
+    meta = {"format": "arceus-model/1", "model_config": json.dumps(huge), "sample_shape": "[65536]",
+            "sample_ids": "false"}  # fmt: skip
+    path = tmp_path / "huge.safetensors"
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    save_file({"0.bias": torch.zeros(1)}, str(path), metadata=meta)
+    with pytest.raises(ConfigError, match="parameters"):
+        load_model(path)

@@ -27,7 +27,7 @@ from .. import keys
 from ..checkpoints import CheckpointCollector, CheckpointStore
 from ..config import JobConfig, TrainConfig
 from ..errors import ArceusError
-from ..events import EventLog
+from ..events import EVENTS_PER_READ, EventLog
 from ..liveness import RunLiveness
 from ..plan.layers import train_flops_per_sample
 from ..plan.partition import StageAssignment
@@ -155,16 +155,28 @@ class Supervisor:
     def poll(self) -> None:
         """One pass over the jobs: read every followed run's new events, finish the runs that
         ended, and hand lost devices and recovering jobs to the recoverer."""
-        for job in self.jobs.list():
-            run = self._follow(job)
-            if self.recoverer is None:
-                continue
-            if job["status"] == "training" and run is not None and run.spec.run_id in self.runs:
-                lost = run.lost_stage()
-                if lost is not None:
-                    self.recoverer.lose(job, lost, run.step)
-            elif job["status"] == "recovering":
-                self.recoverer.recover(job)
+        jobs = self.jobs.list()
+        current = {job.get("run_id") for job in jobs}
+        for run_id in [r for r in self.runs if r not in current]:  # superseded before it was seen to end
+            expire_run(self.r, self.runs.pop(run_id).spec.keys)
+        for job in jobs:
+            try:
+                self._supervise(job)
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception:  # one job's trouble must not hold up the others'
+                log.exception("supervisor: job %s", job.get("job_id"))
+
+    def _supervise(self, job: dict) -> None:
+        run = self._follow(job)
+        if self.recoverer is None:
+            return
+        if job["status"] == "training" and run is not None and run.spec.run_id in self.runs:
+            lost = run.lost_stage()
+            if lost is not None:
+                self.recoverer.lose(job, lost, run.step)
+        elif job["status"] == "recovering":
+            self.recoverer.recover(job)
 
     def _follow(self, job: dict) -> _Run | None:
         run_id = job.get("run_id")
@@ -177,10 +189,12 @@ class Supervisor:
             except (ArceusError, KeyError, ValueError) as e:
                 log.error("job %s: run %s cannot be followed: %s", job["job_id"], run_id, e)
                 self.jobs.set_fields(job["job_id"], collected_run=run_id)
+                expire_run(self.r, keys.RunKeys(job["job_id"], run_id))
                 return None
         try:
-            run.read()
-        except ArceusError as e:  # a checkpoint part that cannot be written
+            while run.read() >= EVENTS_PER_READ:  # to the end: a run is finished only once read whole
+                pass
+        except (ArceusError, OSError) as e:  # a checkpoint part that cannot be written
             log.error("job %s: %s", job["job_id"], e)
         if len(run.done) == run.spec.num_stages:
             self._complete(run)

@@ -16,8 +16,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from ..checkpoints import MODEL_FORMAT, OPTIMIZER
+from ..config import MAX_PARAMS, ModelConfig
 from ..errors import ConfigError
-from .model import Shard, build_model
+from ..plan.layers import SampleShape, resolve
+from .model import Shard
 
 __all__ = ["encode_part", "load_model", "load_part", "load_optimizer_state", "optimizer_state"]
 
@@ -77,7 +79,18 @@ def load_model(path: str | Path) -> torch.nn.Module:
         if meta.get("format") != MODEL_FORMAT:
             raise ConfigError("path", f"{path} is not an Arceus model file (its format is {meta.get('format')!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), no iteration
-    shape, ids = json.loads(meta["sample_shape"]), json.loads(meta["sample_ids"])
-    model = build_model(json.loads(meta["model_config"]), shape, ids=ids)
-    model.load_state_dict(tensors, strict=True)
+    try:
+        config, shape, ids = (json.loads(meta[k]) for k in ("model_config", "sample_shape", "sample_ids"))
+        layers = resolve(ModelConfig.parse(config).specs(), SampleShape(tuple(shape), bool(ids)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError("path", f"{path}: its metadata does not describe a model ({e})") from None
+    # The file says what to build: check it is a model Arceus would accept before allocating it.
+    params = sum(layer.params for layer in layers)
+    if not 0 < params <= MAX_PARAMS:
+        raise ConfigError("path", f"{path} describes a model of {params:,} parameters (at most {MAX_PARAMS:,})")
+    model = Shard(layers, 0, len(layers), seed=0)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ConfigError("path", f"{path}: its tensors do not fit its model: {' '.join(str(e).split())}") from None
     return model.eval()

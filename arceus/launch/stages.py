@@ -121,6 +121,8 @@ def train_local(
         if manifest["model_config"] != job.model.to_dict():
             raise ConfigError("resume", f"checkpoint {manifest['step']} of job {job_id} holds another model_config")
         start_step = manifest["step"]
+    if job_id is not None:  # a fresh start, or a resume, makes the checkpoints past it another future's
+        store.drop_after(job_id, start_step)
     spec = RunSpec.new(job, train, num_stages, job_id=job_id, device=device, stages=stages, start_step=start_step)
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
