@@ -56,7 +56,7 @@ def merge_history(history: dict, epochs: list[dict], stages: list[dict]) -> dict
     rows replace those of the run it replaced."""
     by_epoch = {e["epoch"]: e for e in [*history.get("epochs", []), *epochs]}
     by_stage = {(s["epoch"], s["stage"]): s for s in [*history.get("stages", []), *stages]}
-    return {"epochs": [by_epoch[k] for k in sorted(by_epoch)], "stages": [by_stage[k] for k in sorted(by_stage)]}
+    return {"epochs": list(by_epoch.values()), "stages": list(by_stage.values())}  # in the order they came
 
 
 def expire_run(r: redis.Redis, run: keys.RunKeys) -> None:
