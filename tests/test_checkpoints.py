@@ -92,12 +92,18 @@ def test_parts_merge_and_slice_by_layer_without_torch_and_load_back(tmp_path):
         load_part(again, store.slice("j1", 6, 4, 7))
 
 
-def test_the_store_keeps_the_latest_and_refuses_what_is_not_its_own(tmp_path):
-    store = CheckpointStore(tmp_path)
+def _store_with(root, *steps: int) -> tuple[CheckpointStore, bytes]:
+    """A store holding one-part checkpoints of job j1 at ``steps``, and that part."""
+    store = CheckpointStore(root)
     _, _, part = _part(0, 7)
-    for step in (6, 12, 18):
+    for step in steps:
         store.write_part("j1", step, 0, part)
         store.commit("j1", step, {"step": step, "parts": [{"file": "stage-0.safetensors"}]})
+    return store, part
+
+
+def test_the_store_keeps_the_latest_and_refuses_what_is_not_its_own(tmp_path):
+    store, part = _store_with(tmp_path, 6, 12, 18)
     store.write_part("j1", 3, 0, part)  # an unfinished checkpoint older than the latest
     assert store.prune("j1", keep=2) == [6]
     assert store.steps("j1") == [12, 18] and not (tmp_path / "j1" / "3").exists()
@@ -242,11 +248,7 @@ def test_a_malformed_part_never_replaces_a_good_one(tmp_path, entry, message):
 
 
 def test_initializing_again_drops_the_checkpoints_of_the_future_it_replaces(tmp_path):
-    store = CheckpointStore(tmp_path)
-    _, _, part = _part(0, 7)
-    for step in (6, 12, 18):
-        store.write_part("j1", step, 0, part)
-        store.commit("j1", step, {"step": step, "parts": [{"file": "stage-0.safetensors"}]})
+    store, part = _store_with(tmp_path, 6, 12, 18)
     assert store.drop_after("j1", 6) == [12, 18] and store.steps("j1") == [6]
     store.write_part("j1", 6, 0, part)  # written again: not a checkpoint until committed again
     assert store.steps("j1") == [] and store.drop_after("j1", 0) == [6]
