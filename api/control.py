@@ -92,8 +92,10 @@ class Control:
         shards = self._plan(job, devices)
         self.store.transition(job_id, "initializing", error="")
         step = manifest["step"] if manifest is not None else 0
-        self.checkpoints.drop_after(job_id, step)  # the future they saved is not this one's
         confirmed = self._load(job_id, shards, JobConfig.parse(job["config"]), seed, manifest)
+        # Loaded: the checkpoints past its step saved a future that is not this one's (an
+        # initialization that fails keeps them, to be loaded again).
+        self.checkpoints.drop_after(job_id, step)
         stages = [s.to_dict() for s in shards]
         self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
         return {"plan": stages, "devices": confirmed, "step": step}
