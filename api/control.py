@@ -89,10 +89,11 @@ class Control:
         devices = job["devices"]
         if not devices:
             raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
-        shards = self._plan(job, devices)
+        config = JobConfig.parse(job["config"])
+        shards = self._plan(config, devices)
         self.store.transition(job_id, "initializing", error="")
         step = manifest["step"] if manifest is not None else 0
-        confirmed = self._load(job_id, shards, JobConfig.parse(job["config"]), seed, manifest)
+        confirmed = self._load(job_id, shards, config, seed, manifest)
         # Loaded: the checkpoints past its step saved a future that is not this one's (an
         # initialization that fails keeps them, to be loaded again).
         self.checkpoints.drop_after(job_id, step)
@@ -100,8 +101,7 @@ class Control:
         self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
         return {"plan": stages, "devices": confirmed, "step": step}
 
-    def _plan(self, job: dict, devices: list[dict]) -> list[StageAssignment]:
-        config = JobConfig.parse(job["config"])
+    def _plan(self, config: JobConfig, devices: list[dict]) -> list[StageAssignment]:
         # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
         return plan(config.layers, [d["device_id"] for d in devices], [_capacity(d) for d in devices],
                     rows=config.dataset.batch_size)  # fmt: skip
@@ -179,7 +179,7 @@ class Control:
                 f"{why}, and the job has recovered {len(done)} of max_recoveries="
                 f"{train.max_recoveries} times: initialize it again from its last checkpoint",
             )
-            return  # fmt: skip
+            return
         since = float(job["recovering_since"])
         planned = {s["device_id"] for s in job["plan"]}
         served = self._served_devices()
@@ -191,7 +191,8 @@ class Control:
             if not devices:
                 raise Conflict(f"{why}, and no worker of the job's devices answered within {self.recover_wait_s:.0f}s")
             manifest, epochs = self._resume_point(job, train)
-            shards = self._plan(job, devices)
+            config = JobConfig.parse(job["config"])
+            shards = self._plan(config, devices)
         except ArceusError as e:
             self._fail_recovery(job_id, f"{e}: initialize it again from its last checkpoint")
             return
@@ -203,7 +204,6 @@ class Control:
             except ArceusError:
                 pass
             return
-        config = JobConfig.parse(job["config"])
         try:
             self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest)
         except ArceusError:  # the job is failed with the reason (or was stopped meanwhile)

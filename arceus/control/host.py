@@ -13,12 +13,11 @@ import socket
 import redis
 
 from .. import keys
-from ..blobs import get_blob
 from ..config import JobConfig
 from ..engine.device import pick_device
 from ..engine.model import Shard, build_shard
 from ..engine.stage import StageRunner
-from ..engine.state import load_part, optimizer_state
+from ..engine.state import load_restore, optimizer_state
 from ..errors import ArceusError, Conflict, RunAborted
 from ..liveness import RunLiveness
 from ..plan.partition import StageAssignment
@@ -51,10 +50,7 @@ class ShardHost:
         module = build_shard(job, plan.start_layer, plan.end_layer, seed)
         optimizer = None
         if restore:  # the API left this stage's slice of a checkpoint in Redis
-            data = get_blob(self.r, keys.restore(job_id, plan.stage))
-            if data is None:
-                raise Conflict(f"no checkpoint slice for stage {plan.stage} of job {job_id} in Redis: initialize again")
-            optimizer = load_part(module, data)
+            optimizer = load_restore(self.r, job_id, plan.stage, module)
         self.shards[job_id] = module.to(pick_device(self.settings.device))
         self.optimizers[job_id] = optimizer
         params = sum(p.numel() for p in module.parameters())

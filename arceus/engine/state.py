@@ -10,18 +10,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import redis
 import torch
 from safetensors import safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from .. import keys
+from ..blobs import get_blob
 from ..checkpoints import MODEL_FORMAT, OPTIMIZER
 from ..config import MAX_PARAMS, ModelConfig
 from ..errors import ConfigError
 from ..plan.layers import SampleShape, resolve
 from .model import Shard
 
-__all__ = ["encode_part", "load_model", "load_part", "load_optimizer_state", "optimizer_state"]
+__all__ = ["encode_part", "load_model", "load_part", "load_optimizer_state", "load_restore", "optimizer_state"]
 
 
 def optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -69,6 +72,17 @@ def load_part(model: Shard, data: bytes) -> dict[str, torch.Tensor]:
         reason = " ".join(str(e).split())
         raise ConfigError("checkpoint", f"does not fit layers [{model.start}, {model.end}): {reason}") from None
     return {k: v for k, v in tensors.items() if k.startswith(OPTIMIZER)}
+
+
+def load_restore(r: redis.Redis, job_id: str, stage: int, model: Shard) -> dict[str, torch.Tensor]:
+    """Load the checkpoint slice left in Redis for ``stage`` of the job (``keys.restore``) into
+    ``model``; returns its optimizer state. The worker at initialize and the local launcher at
+    a resume both load this way."""
+    data = get_blob(r, keys.restore(job_id, stage))
+    if data is None:
+        raise ConfigError("checkpoint", f"no checkpoint slice for stage {stage} of job {job_id} is in Redis "
+                                        f"({keys.restore(job_id, stage)}): initialize or resume again")  # fmt: skip
+    return load_part(model, data)
 
 
 def load_model(path: str | Path) -> torch.nn.Module:

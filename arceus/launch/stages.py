@@ -19,13 +19,13 @@ import redis
 import torch
 
 from .. import keys
-from ..blobs import get_blob, put_blob
+from ..blobs import put_blob
 from ..checkpoints import CheckpointCollector, CheckpointStore
 from ..config import JobConfig, TrainConfig
 from ..engine.device import pick_device
 from ..engine.model import Shard, build_shard
 from ..engine.stage import StageRunner
-from ..engine.state import load_part
+from ..engine.state import load_restore
 from ..errors import ConfigError, RunFailed
 from ..events import EventLog
 from ..liveness import RunLiveness
@@ -74,13 +74,9 @@ def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -
 
 def _restored(r: redis.Redis, spec: RunSpec, stage: int) -> tuple[Shard, dict]:
     """The stage's layers and optimizer state from the checkpoint slice its launcher left in Redis."""
-    data = get_blob(r, keys.restore(spec.job_id, stage))
-    if data is None:
-        raise RunFailed(f"run {spec.run_id} resumes at step {spec.start_step}, but no checkpoint slice for stage "
-                        f"{stage} is in Redis ({keys.restore(spec.job_id, stage)})")  # fmt: skip
     shard = spec.stages[stage]
     model = build_shard(spec.job, shard.start_layer, shard.end_layer, spec.train.seed)
-    optimizer_state = load_part(model, data)
+    optimizer_state = load_restore(r, spec.job_id, stage, model)
     return model.to(pick_device(spec.device_for(stage))), optimizer_state
 
 
