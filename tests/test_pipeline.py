@@ -158,6 +158,8 @@ def _x(rows, width, codec="int8"):
         ({"x": _x(4, 32)}, "ProtocolError: .* no header field 'h'"),
         ({"h": b"{not json", "x": _x(4, 32)}, "ProtocolError: .* header is not JSON"),
         ({"h": b'{"kind": "steal"}'}, "ProtocolError: .* header kind 'steal'"),
+        # A forged end while the run has epochs to go fails it at once (its neighbours abort too).
+        ({"h": b'{"kind":"end"}'}, "ProtocolError: .* told to end after 0 of its 10 epochs"),
         ({"h": GOOD_HEADER.replace(b'"n_mb":1', b'"n_mb":1000000000'), "x": _x(4, 32)}, "field 'n_mb' must be"),
         ({"h": GOOD_HEADER.replace(b'"step":0,', b""), "x": _x(4, 32)}, "field 'step' must be"),
         ({"h": GOOD_HEADER.replace(b'"bs":4', b'"bs":"4"'), "x": _x(4, 32)}, "field 'bs' must be"),

@@ -127,7 +127,7 @@ class StageRunner:
         msgs = self._messages()
         text = self.spec.job.dataset.name == "text"
         report = EpochReport(self.events, self.spec.train.epochs, text, self.spec.start_step)
-        last_check = time.monotonic()
+        last_check, evaluated = time.monotonic(), 0
         for msg in msgs:
             if time.monotonic() - last_check > HEARTBEAT_S:  # a busy stage notices a stop too
                 last_check = time.monotonic()
@@ -141,6 +141,13 @@ class StageRunner:
             elif kind == "eval":
                 self._eval_batch(msg, report.val)
             else:
+                if kind == "end" and evaluated != self.spec.train.epochs:
+                    # Only stage 0's source ends a run, after its last epoch: anything else is a
+                    # forged or corrupt stream, and the run fails now, not at a neighbour's timeout.
+                    raise ProtocolError(
+                        f"{self.who}: the run was told to end after {evaluated} of its {self.spec.train.epochs} epochs"
+                    )
+                evaluated += kind == "eval_end"
                 if not self.last:
                     self.links.send_forward(h, None, None, f"marker {kind}")
                 if kind == "checkpoint":
