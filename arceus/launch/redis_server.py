@@ -34,7 +34,9 @@ from ..errors import RedisServerError
 from ..settings import Settings
 from .procs import free_port, parent_death_hook, stop_processes
 
-__all__ = ["EmbeddedRedis", "find_redis_server", "redis_for"]
+__all__ = ["WORKER_USER", "EmbeddedRedis", "find_redis_server", "redis_for"]
+
+WORKER_USER = "arceus-worker"
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self._dir: tempfile.TemporaryDirectory | None = None
         self._state_file: Path | None = None
+        self.worker_password: str | None = None
 
     @classmethod
     def persistent(cls, home: Path, binary: str | None = None, lan: bool = False) -> EmbeddedRedis:
@@ -104,7 +107,17 @@ class EmbeddedRedis:
         password = (state.get("password") or secrets.token_hex(12)) if lan else None
         server = cls(binary, bind="0.0.0.0" if lan else "127.0.0.1", password=password, data_dir=folder, port=port)
         server._state_file = state_file
+        if lan:  # workers on other machines get a Redis user of their own, not the admin password
+            server.worker_password = state.get("worker_password") or secrets.token_hex(12)
         return server
+
+    @property
+    def worker_url(self) -> str:
+        """The URL workers use: as the ``WORKER_USER`` where there is one (it may do what workers do:
+        streams, lists, keys, Celery's pub/sub; not CONFIG, FLUSHALL, ACL, SHUTDOWN, KEYS, ...)."""
+        if self.worker_password is None:
+            return self.url
+        return self.url.replace(f"redis://:{self.password}@", f"redis://{WORKER_USER}:{self.worker_password}@")
 
     @property
     def url(self) -> str:
@@ -124,21 +137,25 @@ class EmbeddedRedis:
         keep = self.port is not None  # a port asked for is retried, not replaced
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = self.port if keep else free_port()
-            persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.data_dir is not None
-                           else ["--appendonly", "no"])  # fmt: skip
-            args = [
-                self.binary, "--port", str(self.port), "--bind", self.bind, "--dir", folder,
-                "--save", "", *persistence, "--daemonize", "no", "--protected-mode", "yes",
-                "--loglevel", "warning", "--logfile", os.path.join(folder, "redis.log"),
-            ]  # fmt: skip
+            # The configuration goes in on stdin (`redis-server -`): a password on the command
+            # line would be readable by every user in /proc/<pid>/cmdline or `ps`.
+            config = {
+                "port": str(self.port), "bind": self.bind, "dir": folder, "save": "",
+                "appendonly": "yes" if self.data_dir is not None else "no", "appendfsync": "everysec",
+                "daemonize": "no", "protected-mode": "yes", "loglevel": "warning",
+                "logfile": os.path.join(folder, "redis.log"),
+            }  # fmt: skip
             if self.password:
-                args += ["--requirepass", self.password]
+                config["requirepass"] = self.password
             self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [self.binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=parent_death_hook(),
             )  # fmt: skip
+            self.proc.stdin.write("".join(f"{k} {json.dumps(v)}\n" for k, v in config.items()).encode())
+            self.proc.stdin.close()
             if self._wait_ready():
                 atexit.register(self.stop)
+                self._add_worker_user()
                 self._save_state()
                 log.info("embedded redis-server (pid %d) at %s", self.proc.pid, self.url)
                 return self
@@ -147,10 +164,18 @@ class EmbeddedRedis:
         self.stop()
         raise RedisServerError(f"could not start {self.binary}: {detail.strip() or 'no log'}")
 
+    def _add_worker_user(self) -> None:
+        if self.worker_password is None:
+            return
+        with contextlib.closing(redis.Redis(host="127.0.0.1", port=self.port, password=self.password)) as admin:
+            admin.execute_command("ACL", "SETUSER", WORKER_USER, "reset", "on", f">{self.worker_password}",
+                                  "~*", "&*", "+@all", "-@admin", "-@dangerous")  # fmt: skip
+
     def _save_state(self) -> None:
         if self._state_file is not None:
             self._state_file.touch(mode=0o600)
-            self._state_file.write_text(json.dumps({"port": self.port, "password": self.password}))
+            state = {"port": self.port, "password": self.password, "worker_password": self.worker_password}
+            self._state_file.write_text(json.dumps(state))
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout_s
