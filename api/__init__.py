@@ -19,9 +19,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The API for ``settings`` (default: from the environment). Imports no torch."""
     from workers import DEFAULT_REDIS_URL, make_celery  # noqa: PLC0415 - imported on demand: no torch
 
-    from . import devices, jobs, network  # noqa: PLC0415
+    from . import cluster, devices, jobs, network  # noqa: PLC0415
     from .control import Control  # noqa: PLC0415
-    from .errors import ArceusApi, register_error_handlers  # noqa: PLC0415
+    from .errors import ArceusApi, register_error_handlers, require_token  # noqa: PLC0415
 
     settings = settings or Settings.from_env()
     settings = replace(settings, redis_url=settings.redis_url or DEFAULT_REDIS_URL)
@@ -37,10 +37,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
+        ARCEUS_SETTINGS=settings,
     )
     api = ArceusApi(app)
     register_error_handlers(app)
-    app.extensions["arceus"] = Control(redis.Redis.from_url(settings.redis_url), make_celery(settings), settings)
-    for blp in (jobs.blp, devices.blp, devices.workers_blp, network.blp):
+    if settings.token:
+        require_token(app, settings.token, public=("/api/health",))
+    # Bounded waits: a request that needs Redis while it is down gets a 503 in seconds, not a hang.
+    r = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    app.extensions["arceus"] = Control(r, make_celery(settings), settings)
+    for blp in (cluster.blp, jobs.blp, devices.blp, devices.workers_blp, network.blp):
         api.register_blueprint(blp)
     return app

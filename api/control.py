@@ -18,18 +18,23 @@ from arceus import keys
 from arceus.blobs import put_blob
 from arceus.checkpoints import CheckpointStore
 from arceus.config import JobConfig, TrainConfig
+from arceus.control.devices import LEASE_S
 from arceus.control.jobs import JobStore
 from arceus.control.supervisor import merge_history
-from arceus.errors import ArceusError, Conflict, UpstreamError
+from arceus.errors import ArceusError, Conflict, NotFound, UpstreamError
 from arceus.events import EventLog
 from arceus.keys import UNLOAD_EXPIRES_S, RunKeys, queue_for
 from arceus.liveness import HEARTBEAT_TTL_S, RunLiveness
-from arceus.plan.partition import StageAssignment, plan
+from arceus.plan.partition import StageAssignment, plan, units
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
 from workers import LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD
 
-__all__ = ["Control"]
+__all__ = ["BROKER_WAIT_S", "Control"]
+
+# The longest a request waits for a broker connection to send a task (Celery's own pool would
+# block forever once its broker_pool_limit connections are out).
+BROKER_WAIT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,15 @@ def _capacity(device: dict) -> int | None:
     on_gpu = str(device.get("torch_device", "")).startswith("cuda")
     gb = device.get("accelerator_memory_gb") if on_gpu else device.get("memory_gb")
     return int(gb * 2**30) if gb else None
+
+
+def _no_worker(device: dict) -> str:
+    return (f"no worker has served it for {LEASE_S:.0f}s (start `arceus worker`, or "
+            f"`celery -A workers worker -Q {device['queue']}` for a device registered by hand)")  # fmt: skip
+
+
+def _attached(r: redis.Redis, job_id: str) -> set[str]:
+    return {i.decode() for i in r.smembers(keys.job_devices(job_id))}
 
 
 class Control:
@@ -79,18 +93,19 @@ class Control:
             job = self.store.get(job["job_id"])
         return job
 
-    def initialize(self, job_id: str, seed: int = 0, checkpoint: int | str | None = None) -> dict:
-        """Partition the layers over the job's devices; each device's worker builds its shard
-        (weights from ``seed``, per layer) and keeps it in memory. Returns once all confirmed.
-        With ``checkpoint`` ("latest" or a step), the shards are that checkpoint's weights and
-        optimizer state, split for the devices registered now, and training continues from its step."""
+    def initialize(
+        self, job_id: str, seed: int = 0, checkpoint: int | str | None = None, devices: list[str] | None = None
+    ) -> dict:
+        """Partition the layers over devices (``devices``, else ``choose_devices``'s); each device's
+        worker builds its shard (weights from ``seed``, per layer) and keeps it in memory. Returns
+        once all confirmed. With ``checkpoint`` ("latest" or a step), the shards are that
+        checkpoint's weights and optimizer state, split for these devices, and training continues
+        from its step."""
         job = self.job(job_id)
         manifest = self.checkpoints.manifest(job_id, checkpoint) if checkpoint is not None else None
-        devices = job["devices"]
-        if not devices:
-            raise Conflict(f"job {job_id} has no devices: register some with POST /api/devices/register first")
         config = JobConfig.parse(job["config"])
-        shards = self._plan(config, devices)
+        chosen = self.choose_devices(job, config, devices)
+        shards = self._plan(config, chosen)
         self.store.transition(job_id, "initializing", error="")
         step = manifest["step"] if manifest is not None else 0
         confirmed = self._load(job_id, shards, config, seed, manifest)
@@ -100,6 +115,56 @@ class Control:
         stages = [s.to_dict() for s in shards]
         self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
         return {"plan": stages, "devices": confirmed, "step": step}
+
+    def choose_devices(self, job: dict, config: JobConfig, asked: list[str] | None = None) -> list[dict]:
+        """The devices a job's plan goes over: those ``asked`` for (each must exist, be live and be
+        free); else the live ones registered for the job; else every live device no other active
+        job uses. A default choice takes as many as the model has layers."""
+        job_id, busy = job["job_id"], self.store.busy(except_job=job["job_id"])
+        if asked:
+            if len(set(asked)) != len(asked):
+                raise Conflict(f"devices {asked} name a device twice")
+            devices = self.store.devices.some(asked)
+            missing = sorted(set(asked) - {d["device_id"] for d in devices})
+            if missing:
+                raise NotFound(f"devices {missing} do not exist (GET /api/devices lists them)")
+            for d in devices:
+                if not d["alive"]:
+                    raise Conflict(f"device {d['device_id']} is not live: {_no_worker(d)}")
+                if d["device_id"] in busy:
+                    raise Conflict(f"device {d['device_id']} serves job {busy[d['device_id']]}, which is active")
+            return devices
+        own = sorted(self.store.devices.some(sorted(_attached(self.r, job_id))), key=lambda d: d["registered_at"])
+        if own:
+            live = [d for d in own if d["alive"] and d["device_id"] not in busy]
+            if not live:
+                dead = [d for d in own if not d["alive"]]
+                why = _no_worker(dead[0]) if dead else f"they serve jobs {sorted(set(busy.values()))}"
+                raise Conflict(
+                    f"none of the devices registered for job {job_id} ({[d['device_id'] for d in own]}) can take it: "
+                    f"{why}"
+                )
+        else:
+            live = [d for d in self.store.devices.live() if d["device_id"] not in busy]
+            if not live:
+                raise Conflict(
+                    f"job {job_id} has no devices: no live device is free. Start `arceus worker` on a machine (or "
+                    "register one with POST /api/devices/register and run the worker command it answers)"
+                )
+        return live[: len(units(config.layers))]
+
+    def _check_devices(self, job: dict, shards: tuple[StageAssignment, ...]) -> None:
+        """Before a run: every device of the plan is live and serves no other active job."""
+        busy = self.store.busy(except_job=job["job_id"])
+        found = {d["device_id"]: d for d in self.store.devices.some([s.device_id for s in shards])}
+        for shard in shards:
+            device = found.get(shard.device_id)
+            if device is None:
+                raise Conflict(f"device {shard.device_id} of the plan was deleted: initialize the job again")
+            if not device["alive"]:
+                raise Conflict(f"device {shard.device_id} (stage {shard.stage}) is not live: {_no_worker(device)}")
+            if shard.device_id in busy:
+                raise Conflict(f"device {shard.device_id} (stage {shard.stage}) serves job {busy[shard.device_id]} now")
 
     def _plan(self, config: JobConfig, devices: list[dict]) -> list[StageAssignment]:
         # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
@@ -117,13 +182,12 @@ class Control:
                 if manifest is not None:  # the stage's slice, by Redis: tensors never go through Celery
                     data = self.checkpoints.slice(job_id, manifest["step"], shard.start_layer, shard.end_layer)
                     put_blob(self.r, keys.restore(job_id, shard.stage), data, int(self.init_timeout_s) + 60)
-                queue = queue_for(shard.device_id)
                 args = [job_id, shard.device_id, shard.to_dict(), config.to_dict(), seed, manifest is not None]
-                pending.append((shard, self.celery.send_task(LOAD_SHARD, args=args, queue=queue)))
-        except Exception as e:  # the broker refused: nothing will confirm
-            reason = f"could not enqueue the shards: {type(e).__name__}: {e}"
+                pending.append((shard, self._send(LOAD_SHARD, args, shard.device_id)))
+        except (UpstreamError, redis.RedisError) as e:  # the broker refused: nothing will confirm
+            reason = f"could not enqueue the shards: {e}"
             self.store.transition(job_id, "failed", error=reason)
-            raise UpstreamError(reason, 502) from None
+            raise UpstreamError(reason, 503) from None
         deadline = time.monotonic() + self.init_timeout_s
         confirmed = []
         for shard, result in pending:
@@ -139,6 +203,8 @@ class Control:
             except Exception as e:  # the task raised on the worker
                 reason = f"device {shard.device_id} failed to load its shard: {type(e).__name__}: {e}"
                 self.store.transition(job_id, "failed", error=reason)
+                if type(e).__name__ in ("DatasetUnavailable", "ConfigError"):  # what the job asks for is not there
+                    raise Conflict(reason) from None
                 raise UpstreamError(reason, 502) from None
             finally:
                 result.forget()
@@ -146,7 +212,7 @@ class Control:
         for info in confirmed:
             if "torch_device" not in info:  # skipped: the job moved on (stopped) while it loaded
                 raise Conflict(f"job {job_id} moved on while its devices loaded their shards: {info}")
-            self.store.update_device(info["device_id"], torch_device=info["torch_device"])
+            self.store.devices.update(info["device_id"], torch_device=info["torch_device"])
         return confirmed
 
     # ------------------------------------------------------------- recovery
@@ -169,7 +235,7 @@ class Control:
         log.warning("job %s: %s", job["job_id"], reason)
 
     def recover(self, job: dict) -> None:
-        job_id, lost = job["job_id"], int(job["lost_device"])
+        job_id, lost = job["job_id"], str(job["lost_device"])
         train = TrainConfig.parse(job["train_config"])
         done = job.get("recoveries") or []
         why = f"device {lost} (stage {job['lost_stage']}) was lost"
@@ -182,9 +248,9 @@ class Control:
             return
         since = float(job["recovering_since"])
         planned = {s["device_id"] for s in job["plan"]}
-        served = self._served_devices()
-        devices = [d for d in job["devices"] if d["device_id"] in served]
-        back, newcomer = lost in served, any(d["device_id"] not in planned for d in devices)
+        devices = self._recovery_devices(job, since)
+        back = any(d["device_id"] == lost for d in devices)
+        newcomer = any(d["device_id"] not in planned for d in devices)
         if not (back or newcomer) and time.time() - since < self.recover_wait_s:
             return  # keep waiting
         try:
@@ -221,8 +287,12 @@ class Control:
             )  # fmt: skip
         except ArceusError:  # stopped meanwhile: stop wins
             return
-        for shard in shards:
-            self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
+        try:
+            self._send_stages(spec)
+        except UpstreamError as e:
+            RunLiveness(self.r, spec.keys).abort(str(e))
+            self._fail_recovery_from("training", job_id, spec.run_id, f"{why}, and {e}")
+            return
         log.warning("job %s: recovered on devices %s from step %d", job_id, record["devices"], start)
 
     def _resume_point(self, job: dict, train: TrainConfig) -> tuple[dict | None, int]:
@@ -238,11 +308,26 @@ class Control:
             return manifest, train.epochs
         return manifest, manifest["end_epoch"] - manifest["epoch"]
 
-    def _served_devices(self) -> set[int]:
-        """Devices some Celery worker serves the queue of now."""
-        queues = self.celery.control.inspect(timeout=1.0).active_queues() or {}
-        names = {q["name"] for served in queues.values() for q in served or ()}
-        return {int(n.removeprefix("device-")) for n in names if n.startswith("device-") and n[7:].isdigit()}
+    def _recovery_devices(self, job: dict, since: float) -> list[dict]:
+        """What a recovery may plan over: the job's devices (registered for it or in its plan), then
+        devices no other active job uses; each heard from since the loss (a killed worker's lease
+        outlives it by up to LEASE_S)."""
+        busy = self.store.busy(except_job=job["job_id"])
+
+        now = time.time()
+
+        def fresh(d: dict) -> bool:  # ages are by Redis's clock; ``since`` by ours: close enough for seconds
+            return d["alive"] and d["device_id"] not in busy and now - d["last_seen_s"] >= since
+
+        own = [d for d in job["devices"] if fresh(d)]
+        known = {d["device_id"] for d in job["devices"]}
+        return own + [d for d in self.store.devices.live() if fresh(d) and d["device_id"] not in known]
+
+    def _fail_recovery_from(self, status: str, job_id: str, run_id: str, reason: str) -> None:
+        try:
+            self.store.transition(job_id, "failed", allowed_from=(status,), expect={"run_id": run_id}, error=reason)
+        except ArceusError:
+            pass
 
     def _fail_recovery(self, job_id: str, reason: str) -> None:
         try:
@@ -260,14 +345,36 @@ class Control:
         start = int(job.get("step") or 0)
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages, start_step=start)
         spec.check_message_sizes(self.max_payload_elements)  # what every stage would refuse
-        self.store.transition(
+        self._check_devices(job, stages)
+        moved = self.store.transition(
             job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
             run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
             start_step=start, recoveries=[], history={},
         )  # fmt: skip
-        for shard in stages:
-            self.celery.send_task(RUN_STAGE, args=[spec.to_dict(), shard.stage], queue=queue_for(shard.device_id))
+        try:
+            self._send_stages(spec)
+        except UpstreamError as e:  # nothing will run: the job goes back to where it was
+            RunLiveness(self.r, spec.keys).abort(str(e))  # a stage task that did get out skips itself
+            try:
+                self.store.transition(job_id, moved["from"], allowed_from=("training",), expect={"run_id": spec.run_id},
+                                      run_id=job.get("run_id") or "", error=str(e))  # fmt: skip
+            except ArceusError:
+                pass
+            raise
         return {"run_id": spec.run_id, "start_step": start}
+
+    def _send_stages(self, spec: RunSpec) -> None:
+        for shard in spec.stages:
+            self._send(RUN_STAGE, [spec.to_dict(), shard.stage], shard.device_id)
+
+    def _send(self, task: str, args: list, device_id: str, **options: object):
+        """Enqueue ``task`` on the device's queue, waiting at most ``BROKER_WAIT_S`` for a broker
+        connection (a request never blocks on a busy pool or a Redis that is down)."""
+        try:
+            with self.celery.producer_pool.acquire(block=True, timeout=BROKER_WAIT_S) as producer:
+                return self.celery.send_task(task, args=args, queue=queue_for(device_id), producer=producer, **options)
+        except Exception as e:  # a full pool, a refused connection, a timeout: the broker is not there for us
+            raise UpstreamError(f"could not enqueue {task} for device {device_id}: {type(e).__name__}: {e}", 503) from e
 
     def stop(self, job_id: str) -> None:
         moved = self.store.transition(
@@ -280,9 +387,10 @@ class Control:
         self.store.delete(job_id)
         self.checkpoints.delete(job_id)
         for d in devices:  # free the workers' memory; a worker that is gone has nothing to free
-            self.celery.send_task(
-                UNLOAD_SHARD, args=[job_id], queue=queue_for(d["device_id"]), expires=UNLOAD_EXPIRES_S
-            )
+            try:
+                self._send(UNLOAD_SHARD, [job_id], d["device_id"], expires=UNLOAD_EXPIRES_S)
+            except UpstreamError as e:  # the job is gone either way; the worker frees it on restart
+                log.warning("job %s deleted, but %s", job_id, e)
 
     def progress(self, job: dict) -> dict:
         """Latest epoch row and step of the job's current (or last) run."""

@@ -1,10 +1,11 @@
-"""Devices: register (one queue per device), list, unregister; the Celery workers answering."""
+"""Devices: register (one queue per device), list, unregister; the Celery workers serving them."""
 
 from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
 
+from arceus.control.devices import check_device_id
 from arceus.keys import queue_for
 
 from .errors import Blueprint
@@ -25,10 +26,15 @@ class Register(MethodView):
     @blp.arguments(DeviceRegisterSchema)
     @blp.response(201, DeviceRegisteredSchema)
     def post(self, body):
-        """Register a device for a job; its worker must listen on the returned queue."""
+        """Register a device: into the pool, or for a job (``job_id``, the original flow). Its worker
+        serves the returned queue; a name is unique among live devices."""
         store = current_app.extensions["arceus"].store
-        job_id = body.pop("job_id")
-        device_id = store.register_device(job_id, body)
+        job_id = body.pop("job_id", None)
+        if job_id is not None:
+            store.check_attachable(job_id)  # 404 / 409 before anything is registered
+        device_id = store.devices.register(body)
+        if job_id is not None:
+            store.attach(job_id, device_id)
         return {
             "message": "Device registered successfully",
             "device_id": device_id,
@@ -41,21 +47,21 @@ class Register(MethodView):
 class Devices(MethodView):
     @blp.response(200, DevicesSchema)
     def get(self):
-        """All registered devices."""
-        return {"devices": current_app.extensions["arceus"].store.devices()}
+        """All registered devices, with their leases (alive: a worker's heartbeat was heard lately)."""
+        return {"devices": current_app.extensions["arceus"].store.devices.all()}
 
 
-@blp.route("/<int:device_id>")
+@blp.route("/<device_id>")
 class Device(MethodView):
     @blp.response(200, DeviceSchema)
     def get(self, device_id):
-        """One device: what its worker reported, and its queue."""
-        return current_app.extensions["arceus"].store.get_device(device_id)
+        """One device: what its worker reported, its queue and its lease."""
+        return current_app.extensions["arceus"].store.devices.get(device_id)
 
     @blp.response(200, MessageSchema)
     def delete(self, device_id):
-        """Unregister a device (not while its job initializes or trains)."""
-        current_app.extensions["arceus"].store.delete_device(device_id)
+        """Unregister a device (not while a job it serves initializes, trains or recovers)."""
+        current_app.extensions["arceus"].store.forget_device(check_device_id(device_id))
         return {"message": "Device deleted successfully", "device_id": device_id}
 
 
@@ -66,6 +72,6 @@ workers_blp = Blueprint("workers", __name__, url_prefix="/api", description="Cel
 class Workers(MethodView):
     @workers_blp.response(200, WorkersSchema)
     def get(self):
-        """The Celery workers that answer a ping now (name: device-N@host)."""
-        replies = current_app.extensions["arceus"].celery.control.ping(timeout=1.0) or []
-        return {"workers": sorted(name for reply in replies for name in reply)}
+        """The Celery workers whose heartbeat holds a device's lease now (name: device-<id>@host).
+        Read from Redis: no broadcast to the workers, so any number of callers costs nothing."""
+        return {"workers": current_app.extensions["arceus"].store.devices.workers()}

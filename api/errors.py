@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Flask
+import hmac
+
+import redis
+from flask import Flask, request
 from flask_smorest import Api
 from flask_smorest import Blueprint as _Blueprint
+from kombu.exceptions import OperationalError
 from webargs.flaskparser import FlaskParser
 
 from arceus.errors import ArceusError, ConfigError, Conflict, NotFound, PartitionError, UpstreamError
 
-__all__ = ["ArceusApi", "BadRequestParser", "Blueprint", "register_error_handlers"]
+__all__ = ["ArceusApi", "BadRequestParser", "Blueprint", "register_error_handlers", "require_token"]
 
 
 class BadRequestParser(FlaskParser):
@@ -28,7 +32,7 @@ def _flatten(errors: object, path: str = "") -> list[str]:
     if isinstance(errors, dict):
         out = []
         for key, value in errors.items():
-            sub = path if key in ("json", "_schema") else (f"{path}.{key}" if path else str(key))
+            sub = path if key in ("json", "query", "_schema") else (f"{path}.{key}" if path else str(key))
             out += _flatten(value, sub)
         return out
     if isinstance(errors, list) and all(isinstance(e, str) for e in errors):
@@ -47,11 +51,40 @@ class ArceusApi(Api):
 
 
 def _json(status: int, message: str, **extra: object):
-    names = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 502: "Bad Gateway", 504: "Gateway Timeout"}
+    names = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict", 502: "Bad Gateway",
+             503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
     return {"code": status, "status": names.get(status, "Error"), "message": message, **extra}, status
 
 
+def require_token(app: Flask, token: str, public: tuple[str, ...]) -> None:
+    """Every request but those to ``public`` paths carries ``Authorization: Bearer <token>``, or
+    gets a 401 (compared in constant time)."""
+    expected = f"Bearer {token}".encode()
+
+    @app.before_request
+    def _authenticate():
+        if request.path in public:
+            return None
+        given = request.headers.get("Authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return None
+        why = "wrong token" if given else "no token"
+        body, status = _json(401, f"{why}: send the cluster token as `Authorization: Bearer <token>` "
+                                  "(`arceus up` keeps it in $ARCEUS_HOME/cluster.json)")  # fmt: skip
+        return body, status, {"WWW-Authenticate": 'Bearer realm="arceus"'}
+
+
 def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(OperationalError)
+    def _redis_down(e: Exception):
+        return _json(503, f"Redis does not answer ({type(e).__name__}: {e}); is it running? Try again when it is")
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(e: RecursionError):
+        return _json(400, "the JSON body nests too deeply")
+
     @app.errorhandler(ConfigError)
     def _config(e: ConfigError):
         return _json(400, str(e), errors={e.field: [e.reason]})

@@ -6,6 +6,7 @@ from flask import Response, current_app
 from flask.views import MethodView
 
 from arceus.config import JobConfig
+from arceus.errors import ConfigError
 
 from .errors import Blueprint
 from .schemas import (
@@ -13,6 +14,7 @@ from .schemas import (
     JobCreateSchema,
     JobSchema,
     JobsSchema,
+    ListQuerySchema,
     MessageSchema,
     MetricsSchema,
     ModelQuerySchema,
@@ -49,6 +51,19 @@ def _public(job: dict, control) -> dict:
     return out
 
 
+def _check_messages(config: JobConfig, max_elements: int) -> None:
+    """A batch of activations must fit a payload wherever the plan cuts the model: refuse at once a
+    job no split could train (the same rule every stage applies, ``RunSpec.check_message_sizes``)."""
+    rows = max(config.dataset.batch_size, config.dataset.val_batch_size)
+    width = max((layer.output.numel for layer in config.layers[:-1]), default=0)
+    if len(config.layers) > 1 and rows * width > max_elements:
+        raise ConfigError(
+            "dataset_config.batch_size", f"a batch of {rows} rows x {width} values per sample (the widest layer "
+            f"output a stage may send) = {rows * width} values exceeds the payload limit of {max_elements}; "
+            "use smaller batches"
+        )  # fmt: skip
+
+
 @blp.route("/jobs")
 class Jobs(MethodView):
     @blp.arguments(JobCreateSchema)
@@ -56,14 +71,24 @@ class Jobs(MethodView):
     def post(self, body):
         """Create a job from a model and dataset config (the original Arceus body)."""
         config = JobConfig.parse(body)  # the semantic checks beyond the schema
+        settings = current_app.config["ARCEUS_SETTINGS"]
+        params = sum(layer.params for layer in config.layers)
+        if params > settings.max_params:
+            raise ConfigError(
+                "model_config", f"has {params:,} parameters, more than this cluster's cap of {settings.max_params:,} "
+                "(ARCEUS_MAX_PARAMS on the API's machine)"
+            )  # fmt: skip
+        _check_messages(config, settings.max_payload_elements)
         job_id = _control().store.create(config)
         return {"message": "Job created successfully", "job_id": job_id}
 
+    @blp.arguments(ListQuerySchema, location="query")
     @blp.response(200, JobsSchema)
-    def get(self):
-        """All jobs, oldest first."""
+    def get(self, query):
+        """Jobs, oldest first, a page at a time (``offset``, ``limit``; ``total`` counts them all)."""
         control = _control()
-        return {"jobs": [_public(control.reap(j), control) for j in control.store.list()]}
+        total, jobs = control.store.list(query["offset"], query["limit"])
+        return {"jobs": [_public(control.reap(j), control) for j in jobs], "total": total, **query}
 
 
 @blp.route("/jobs/<job_id>")

@@ -18,10 +18,13 @@ class Initialize(MethodView):
     @blp.arguments(InitializeSchema, required=False)
     @blp.response(200, InitializedSchema)
     def post(self, body, job_id):
-        """Partition the layers over the job's devices; every device's worker loads its shard: new
-        weights from ``seed``, or a checkpoint of the job (``{"checkpoint": "latest"}`` or a step)."""
+        """Partition the layers over devices (``devices``; default: those registered for the job, else
+        every free live device); every device's worker loads its shard: new weights from ``seed``, or
+        a checkpoint of the job (``{"checkpoint": "latest"}`` or a step)."""
         body = body or InitializeSchema().load({})
-        result = current_app.extensions["arceus"].initialize(job_id, seed=body["seed"], checkpoint=body["checkpoint"])
+        result = current_app.extensions["arceus"].initialize(
+            job_id, seed=body["seed"], checkpoint=body["checkpoint"], devices=body["devices"]
+        )
         return {"message": "Network initialized successfully", "job_id": job_id, **result}
 
 

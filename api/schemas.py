@@ -17,19 +17,25 @@ from arceus.config import (
     DatasetConfig,
     Option,
 )
+from arceus.control.devices import LEASE_S
 from arceus.plan.layers import KINDS
+
+DEVICE_ID = r"^[0-9a-f]{6,32}$"
 
 __all__ = [
     "DeviceRegisterSchema",
     "DeviceRegisteredSchema",
     "DeviceSchema",
     "DevicesSchema",
+    "HealthSchema",
     "InitializeSchema",
     "InitializedSchema",
     "JobCreateSchema",
     "JobCreatedSchema",
     "JobSchema",
     "JobsSchema",
+    "JoinSchema",
+    "ListQuerySchema",
     "MessageSchema",
     "MetricsSchema",
     "TeraflopsSchema",
@@ -153,6 +159,18 @@ class InitializeSchema(_Strict):
         "instead of initial weights; training continues from its step",
         load_default=None,
     )
+    devices = fields.List(
+        fields.String(validate=validate.Regexp(DEVICE_ID)),
+        validate=validate.Length(1, 64),
+        load_default=None,
+        metadata={"description": "the devices to plan over, in stage order (default: the devices registered for the "
+                  "job, else every live device no other job is using, as many as the plan can use)"},
+    )  # fmt: skip
+
+
+class ListQuerySchema(_Strict):
+    offset = fields.Integer(validate=validate.Range(0, 1 << 31), load_default=0)
+    limit = fields.Integer(validate=validate.Range(1, 500), load_default=50)
 
 
 class ModelQuerySchema(_Strict):
@@ -160,8 +178,15 @@ class ModelQuerySchema(_Strict):
 
 
 class DeviceRegisterSchema(_Strict):
-    job_id = fields.String(required=True, validate=validate.Length(1, 64))
-    name = fields.String(validate=validate.Length(1, 128))
+    job_id = fields.String(
+        validate=validate.Length(1, 64),
+        metadata={"description": "a job to register the device for (the original flow); without it the device "
+                  "joins the pool, and any job may plan over it"},
+    )  # fmt: skip
+    name = fields.String(
+        validate=validate.Length(1, 128),
+        metadata={"description": "unique among live devices; registering the name of a dead device takes its id back"},
+    )
     # What the original Arceus clients sent, and what `arceus worker` reports about itself.
     ip = fields.String(validate=validate.Length(1, 64))
     port = fields.Integer(strict=True, validate=validate.Range(1, 65535))
@@ -178,7 +203,16 @@ class DeviceRegisterSchema(_Strict):
 class MessageSchema(Schema):
     message = fields.String()
     job_id = fields.String()
-    device_id = fields.Integer()
+    device_id = fields.String()
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"description": "ok, or unavailable"})
+    redis = fields.String(metadata={"description": "ok, or why Redis does not answer"})
+
+
+class JoinSchema(Schema):
+    redis_url = fields.String(metadata={"description": "the broker and streams of the cluster, for its workers"})
 
 
 class JobCreatedSchema(Schema):
@@ -189,9 +223,12 @@ class JobCreatedSchema(Schema):
 class DeviceSchema(DeviceRegisterSchema):
     """A registered device: what its worker reported, and the queue it serves."""
 
-    device_id = fields.Integer()
+    device_id = fields.String()
     queue = fields.String(metadata={"description": "the Celery queue its worker serves: device-<device_id>"})
     registered_at = fields.Float(metadata={"description": "Unix time"})
+    alive = fields.Boolean(metadata={"description": f"its worker's heartbeat was heard within {LEASE_S:.0f}s"})
+    worker = fields.String(allow_none=True, metadata={"description": "the Celery worker serving it (device-<id>@host)"})
+    last_seen_s = fields.Float(allow_none=True, metadata={"description": "seconds since its last heartbeat"})
 
 
 class DevicesSchema(Schema):
@@ -200,20 +237,22 @@ class DevicesSchema(Schema):
 
 class DeviceRegisteredSchema(Schema):
     message = fields.String()
-    device_id = fields.Integer()
+    device_id = fields.String()
     queue = fields.String()
     worker_command = fields.String()
 
 
 class WorkersSchema(Schema):
-    workers = fields.List(fields.String(), metadata={"description": "device-N@host of each worker answering a ping"})
+    workers = fields.List(
+        fields.String(), metadata={"description": "device-<id>@host of each worker whose heartbeat holds a device"}
+    )
 
 
 class StagePlanSchema(Schema):
     stage = fields.Integer()
     start_layer = fields.Integer(metadata={"description": "first layer held (inclusive)"})
     end_layer = fields.Integer(metadata={"description": "end of the layers held (exclusive)"})
-    device_id = fields.Integer(allow_none=True)
+    device_id = fields.String(allow_none=True)
     params = fields.Integer(metadata={"description": "parameters the stage holds"})
     flops = fields.Integer(metadata={"description": "estimated training FLOPs per sample (forward and backward)"})
     memory_bytes = fields.Integer(
@@ -222,7 +261,7 @@ class StagePlanSchema(Schema):
 
 
 class ShardLoadedSchema(Schema):
-    device_id = fields.Integer()
+    device_id = fields.String()
     stage = fields.Integer()
     start_layer = fields.Integer()
     end_layer = fields.Integer()
@@ -310,13 +349,13 @@ class CheckpointSchema(Schema):
 class RecoverySchema(Schema):
     """A device lost mid-run, and how the job went on."""
 
-    device_lost = fields.Integer()
+    device_lost = fields.String()
     stage_lost = fields.Integer()
     at_step = fields.Integer(metadata={"description": "the job's step when it was lost (the last one reported)"})
     resumed_from_step = fields.Integer(metadata={"description": "the step of the checkpoint loaded"})
     steps_redone = fields.Integer()
     seconds = fields.Float(metadata={"description": "from the loss being noticed to training again"})
-    devices = fields.List(fields.Integer(), metadata={"description": "the devices it went on with, by stage"})
+    devices = fields.List(fields.String(), metadata={"description": "the devices it went on with, by stage"})
 
 
 class JobSchema(Schema):
@@ -343,6 +382,9 @@ class JobSchema(Schema):
 
 class JobsSchema(Schema):
     jobs = fields.List(fields.Nested(JobSchema))
+    total = fields.Integer(metadata={"description": "jobs in all (page with offset and limit)"})
+    offset = fields.Integer()
+    limit = fields.Integer()
 
 
 class MetricsSchema(Schema):
@@ -357,7 +399,7 @@ class MetricsSchema(Schema):
 class TeraflopsRowSchema(Schema):
     job_id = fields.String()
     run_id = fields.String()
-    device_id = fields.Integer(allow_none=True)
+    device_id = fields.String(allow_none=True)
     stage = fields.Integer()
     layers = fields.List(fields.Integer(), metadata={"description": "[start_layer, end_layer)"})
     flops = fields.Integer(metadata={"description": "training FLOPs of the stage's layers over the run"})

@@ -18,9 +18,10 @@ import fnmatch
 from dataclasses import dataclass
 
 __all__ = [
+    "ACTIVE_JOBS",
     "DEFAULT_QUEUE",
     "DEVICES",
-    "DEVICE_SEQ",
+    "DEVICE_NAMES",
     "JOBS",
     "LAYOUT",
     "RESULTS_TTL_S",
@@ -30,6 +31,7 @@ __all__ = [
     "RunKeys",
     "credit",
     "device",
+    "device_beat",
     "describe",
     "job",
     "job_devices",
@@ -49,8 +51,9 @@ RESULTS_TTL_S = 24 * 3600
 UNLOAD_EXPIRES_S = 3600
 
 JOBS = f"{NAMESPACE}:jobs"  # sorted set: job id -> creation time
+ACTIVE_JOBS = f"{NAMESPACE}:jobs:active"  # set: the jobs initializing, training or recovering now
 DEVICES = f"{NAMESPACE}:devices"  # set of device ids
-DEVICE_SEQ = f"{NAMESPACE}:device:seq"  # counter: the next device id
+DEVICE_NAMES = f"{NAMESPACE}:device-names"  # hash: device name -> the id holding it (names are unique)
 TERAFLOPS = f"{NAMESPACE}:teraflops"  # list of JSON rows, one per stage of a finished run
 DEFAULT_QUEUE = NAMESPACE  # Celery's queue for a task sent to no device (none is, today)
 
@@ -75,13 +78,21 @@ def restore(job_id: str, stage: int) -> str:
     return f"{job(job_id)}:restore:{stage}"
 
 
-def device(device_id: int) -> str:
+def device(device_id: str) -> str:
     """String: the device's JSON record (what its worker reported, its queue)."""
     return f"{NAMESPACE}:device:{device_id}"
 
 
-def queue_for(device_id: int) -> str:
-    """The Celery queue device N's worker serves (``celery -A workers worker -Q device-N``)."""
+def device_beat(device_id: str) -> str:
+    """String with a short expiry: the device's lease, renewed by its worker's heartbeat (JSON:
+    the Celery worker's name, pid, time), or ``registered`` until a worker first beats."""
+    return f"{device(device_id)}:beat"
+
+
+def queue_for(device_id: str) -> str:
+    """The Celery queue device ID's worker serves (``celery -A workers worker -Q device-ID``).
+    Ids are random, never sequential: a Redis that lost its data gives no id, and so no queue,
+    that a worker of before still serves."""
     return f"device-{device_id}"
 
 
@@ -166,9 +177,11 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (job("*"), "hash", "a job's status, config, plan, run id, error"),
     (job_devices("*"), "set", "the devices registered for a job"),
     (restore("*", "*"), "list", "the checkpoint slice a stage loads next"),
+    (ACTIVE_JOBS, "set", "the jobs initializing, training or recovering"),
     (DEVICES, "set", "all device ids"),
-    (DEVICE_SEQ, "string", "the last device id given out"),
+    (DEVICE_NAMES, "hash", "device names and the ids holding them"),
     (device("*"), "string", "a device's JSON record"),
+    (device_beat("*"), "string", "a device's lease (its worker's heartbeat)"),
     (TERAFLOPS, "list", "per-stage TFLOP/s of finished runs"),
     (queue_for("*"), "list", "a device's Celery queue"),
     (DEFAULT_QUEUE, "list", "Celery's default queue"),

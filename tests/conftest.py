@@ -28,6 +28,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 _HOME = tempfile.mkdtemp(prefix="arceus-test-home-")
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["ARCEUS_HOME"] = _HOME
+# No test depends on the network: a missing dataset is never downloaded.
+os.environ["ARCEUS_DOWNLOAD"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def r(redis_url):
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     # Short timeouts so a broken pipeline fails a test in seconds, not minutes.
-    return Settings(data_dir=tmp_path / "data", home=tmp_path / "home", recv_timeout_s=30.0)
+    return Settings(data_dir=tmp_path / "data", home=tmp_path / "home", recv_timeout_s=30.0, download=False)
 
 
 def write_mnist(root: Path, name: str = "MNIST", n_train: int = 6000, n_val: int = 1000) -> None:

@@ -186,6 +186,7 @@ def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_repo
     for i in range(3):
         devices.append(cluster.ok("POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})["device_id"])
         cluster.start_worker(devices[-1])
+    cluster.wait_live(devices)
     assert cluster.ok("POST", f"/api/network/initialize/{job_id}", {"seed": 3})["step"] == 0
     train = {**_train(epochs=2).to_dict(), "betas": [0.9, 0.999]}
     assert cluster.ok("POST", f"/api/network/train/{job_id}", train)["start_step"] == 0

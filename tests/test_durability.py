@@ -35,9 +35,11 @@ def _api(c: LocalCluster, method: str, path: str, body: object = None) -> dict:
 
 def _start_job(c: LocalCluster, devices: int = 2) -> str:
     job_id = _api(c, "POST", "/api/jobs", JOB)["job_id"]
+    ids = []
     for i in range(devices):
-        device = _api(c, "POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})["device_id"]
-        c.start_worker(device)
+        ids.append(_api(c, "POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})["device_id"])
+        c.start_worker(ids[-1])
+    c.wait_live(ids)
     _api(c, "POST", f"/api/network/initialize/{job_id}")
     _api(c, "POST", f"/api/network/train/{job_id}", TRAIN)
     return job_id
@@ -85,8 +87,8 @@ def test_stopping_and_starting_arceus_up_brings_back_every_job(tmp_path):
         job = _api(c, "GET", f"/api/jobs/{job_id}")
         assert job["status"] == "created" and job["model_config"]["layers"][1]["out_features"] == 1024
         assert [d["device_id"] for d in job["devices"]] == [device]
-        # Device ids go on from where they were: a new device never takes an old one's queue.
-        assert _api(c, "POST", "/api/devices/register", {"job_id": job_id})["device_id"] == device + 1
+        # A new device never takes an old one's id (and queue); the old name takes its own back.
+        assert _api(c, "POST", "/api/devices/register", {"job_id": job_id})["device_id"] != device
 
 
 @pytest.fixture

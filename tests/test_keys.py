@@ -15,10 +15,12 @@ def test_the_key_layout():
         "job": keys.job("j1"),
         "job devices": keys.job_devices("j1"),
         "devices": keys.DEVICES,
-        "device seq": keys.DEVICE_SEQ,
-        "device": keys.device(7),
+        "device names": keys.DEVICE_NAMES,
+        "active jobs": keys.ACTIVE_JOBS,
+        "device": keys.device("a1b2c3"),
+        "device beat": keys.device_beat("a1b2c3"),
         "teraflops": keys.TERAFLOPS,
-        "queue": keys.queue_for(7),
+        "queue": keys.queue_for("a1b2c3"),
         "default queue": keys.DEFAULT_QUEUE,
         "run": run.prefix,
         "fwd": run.fwd(2),
@@ -38,10 +40,12 @@ def test_the_key_layout():
         "job": "arceus:job:j1",
         "job devices": "arceus:job:j1:devices",
         "devices": "arceus:devices",
-        "device seq": "arceus:device:seq",
-        "device": "arceus:device:7",
+        "device names": "arceus:device-names",
+        "active jobs": "arceus:jobs:active",
+        "device": "arceus:device:a1b2c3",
+        "device beat": "arceus:device:a1b2c3:beat",
         "teraflops": "arceus:teraflops",
-        "queue": "device-7",
+        "queue": "device-a1b2c3",
         "default queue": "arceus",
         "run": "arceus:job:j1:run:r1",
         "fwd": "arceus:job:j1:run:r1:fwd:2",
@@ -60,7 +64,8 @@ def test_the_key_layout():
     # Every key above is in LAYOUT, under its own (most specific) meaning.
     assert keys.describe(run.fwd(2)) == "activations into a stage"
     assert keys.describe(keys.credit(run.bwd(0))) == "credits back to the sender of gradients"
-    assert keys.describe(keys.DEVICE_SEQ) == "the last device id given out"
+    assert keys.describe(keys.device_beat("a1b2c3")) == "a device's lease (its worker's heartbeat)"
+    assert keys.describe(keys.device("a1b2c3")) == "a device's JSON record"
     assert keys.describe(keys.job("j1")) == "a job's status, config, plan, run id, error"
     assert keys.describe(keys.restore("j1", 0)) == "the checkpoint slice a stage loads next"
     assert keys.describe("someone:else") is None

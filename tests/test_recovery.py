@@ -39,7 +39,7 @@ def cluster(redis_url, tmp_path):
     c.stop_all()
 
 
-def _register(c: Cluster, job_id: str, name: str) -> int:
+def _register(c: Cluster, job_id: str, name: str) -> str:
     device = c.ok("POST", "/api/devices/register", {"job_id": job_id, "name": name})["device_id"]
     c.start_worker(device)
     return device
@@ -48,6 +48,7 @@ def _register(c: Cluster, job_id: str, name: str) -> int:
 def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster, redis_url, settings):
     job_id = cluster.ok("POST", "/api/jobs", JOB)["job_id"]
     devices = [_register(cluster, job_id, f"mac-{i}") for i in range(3)]
+    cluster.wait_live(devices)
     cluster.ok("POST", f"/api/network/initialize/{job_id}", {"seed": 3})
     cluster.ok("POST", f"/api/network/train/{job_id}", TRAIN)
     cluster.wait_for(job_id, lambda j: (j.get("progress") or {}).get("epoch") == 2, 120, "epoch 2")
@@ -84,6 +85,7 @@ def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster,
 def test_stop_wins_over_a_recovery(cluster):
     job_id = cluster.ok("POST", "/api/jobs", JOB)["job_id"]
     devices = [_register(cluster, job_id, f"mac-{i}") for i in range(2)]
+    cluster.wait_live(devices)
     cluster.ok("POST", f"/api/network/initialize/{job_id}")
     cluster.ok("POST", f"/api/network/train/{job_id}", {**TRAIN, "epochs": 500})
     cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")

@@ -31,7 +31,7 @@ def host(app: Celery) -> ShardHost:
 
 @shared_task(name=LOAD_SHARD, bind=True)
 def load_shard(
-    self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int, restore: bool = False
+    self, job_id: str, device_id: str, shard: dict, job_config: dict, seed: int, restore: bool = False
 ) -> dict:
     return host(self.app).load(job_id, device_id, shard, job_config, seed, restore)
 

@@ -2,8 +2,8 @@
 
 ``arceus train`` trains a job across local stage processes (the engine alone, ``train.py``);
 ``arceus up`` / ``demo`` run the control plane on this machine (``cluster.py``);
-``arceus worker`` serves a device's queue (``worker.py``); ``arceus status`` / ``jobs`` ask
-the API (``jobs.py``).
+``arceus worker`` joins the device pool and serves its queue (``worker.py``); ``arceus status`` /
+``jobs`` ask the API (``jobs.py``); ``arceus doctor`` checks this machine (``doctor.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ..errors import ArceusError
-from . import cluster, jobs, train, worker
+from . import cluster, doctor, jobs, train, worker
 
 __all__ = ["main"]
 
@@ -21,7 +21,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arceus", description="Train one PyTorch model split by layers across machines.")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (train, cluster, worker, jobs):
+    for group in (train, cluster, worker, jobs, doctor):
         group.add_commands(sub)
     return p
 

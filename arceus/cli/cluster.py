@@ -7,8 +7,10 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 from ..config import DatasetConfig, ModelConfig, seed_job
+from ..control import clusterfile
 from ..control.client import ApiClient
 from ..errors import DatasetUnavailable
 from ..launch.control_plane import LocalCluster, lan_address
@@ -36,19 +38,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    lan = args.host not in ("127.0.0.1", "localhost")
+    # The token is made once and kept in $ARCEUS_HOME/cluster.json (0600): the same across restarts.
+    # Loopback-only may run open; served to the LAN, every request but the health check needs it.
+    token = settings.token or clusterfile.ensure_token(settings.home)
+    settings = replace(settings, token=token if lan else None)
     try:  # Ctrl-C at any moment, during start-up too, stops everything started here
         with LocalCluster(settings, host=args.host, port=args.port, persist=True) as cluster:
-            here = lan_address() if args.host != "127.0.0.1" else "127.0.0.1"
-            print(f"API        http://{here}:{cluster.port}/api   (docs: /api/docs, OpenAPI: /api/openapi.json)")
-            print(f"Redis      {cluster.worker_redis_url()}")
-            print(f"Data       {settings.home}  (jobs: redis/, append-only; checkpoints: checkpoints/)")
-            if args.flower:
-                print(f"Flower     {cluster.start_flower(args.flower_port)}")
-            print("\nOn each machine that should hold layers (this one included):")
-            print(f"  ARCEUS_REDIS_URL={cluster.worker_redis_url()} arceus worker "
-                  f"--api-url http://{here}:{cluster.port} --job-id <JOB_ID>")  # fmt: skip
-            print("or, for a device registered by hand (POST /api/devices/register -> device_id N):")
-            print(f"  ARCEUS_REDIS_URL={cluster.worker_redis_url()} celery -A workers worker -Q device-N")
+            here = lan_address() if lan else "127.0.0.1"
+            api = f"http://{here}:{cluster.port}"
+            print(f"API        {api}/api   (docs: /api/docs, OpenAPI: /api/openapi.json, health: /api/health)")
+            print(f"Data       {settings.home}  (jobs: redis/, append-only; checkpoints: checkpoints/; "
+                  "the token: cluster.json)")  # fmt: skip
+            if args.flower:  # behind the same secret: Flower's basic auth, user arceus, the token as password
+                auth = {"FLOWER_BASIC_AUTH": f"arceus:{token}"} if lan else {}
+                print(
+                    f"Flower     {cluster.start_flower(args.flower_port, **auth)}"
+                    + ("  (user arceus, the token)" if lan else "")
+                )
+            print("\nOn each machine that should hold layers (this one included), once:")
+            print(f"  arceus worker --join {api}" + (f" --token {token}" if lan else ""))
+            print("It joins the device pool and serves any job; initialize plans over the free live devices.")
+            if lan:
+                print(f"API calls need the header `Authorization: Bearer {token}`; the arceus CLI sends it.")
             print("\nCtrl-C stops everything started here.", flush=True)
             while True:
                 time.sleep(3600)
@@ -82,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             devices.append(reply["device_id"])
             cluster.start_worker(reply["device_id"], threads=threads)
         print(f"registered devices {devices}; started `celery -A workers worker -Q device-N` for each")
-        cluster.wait_for_workers(args.workers)
+        cluster.wait_live(devices)
         init = client.post(f"/api/network/initialize/{job_id}")
         for s in init["plan"]:
             print(f"  stage {s['stage']}: layers [{s['start_layer']}, {s['end_layer']}) on device {s['device_id']}")

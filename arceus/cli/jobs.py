@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..control import clusterfile
 from ..control.client import ApiClient
 from ..errors import ApiError
 from ..settings import Settings
@@ -34,7 +35,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def client_for(args: argparse.Namespace) -> ApiClient:
-    return ApiClient(args.api_url or Settings.from_env().api_url)
+    """The API of ``--api-url`` (else ARCEUS_API_URL), with the cluster token: ARCEUS_TOKEN, else
+    the one this machine keeps for that API ($ARCEUS_HOME/cluster.json)."""
+    settings = Settings.from_env()
+    url = getattr(args, "api_url", None) or settings.api_url
+    return ApiClient(url, token=settings.token or clusterfile.token_for(settings.home, url))
 
 
 def bar(done: float, width: int = 24) -> str:

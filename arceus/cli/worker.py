@@ -1,4 +1,12 @@
-"""``arceus worker``: register this machine as a device of a job, then serve its Celery queue."""
+"""``arceus worker``: join a cluster as a device (once), then serve its Celery queue for any job.
+
+``arceus worker --join http://HOST:4000 --token T`` asks the API (with the token) for the
+cluster's Redis, registers this machine in the device pool under a stable name (its host name
+by default: a worker that comes back takes its device, id and queue back), and runs
+``celery -A workers worker -Q device-<id>``, which holds the device's lease while it serves.
+The URL and token are kept in ``$ARCEUS_HOME/cluster.json`` (0600) for the next start; no
+secret goes on a command line. SIGTERM and Ctrl-C both stop the Celery worker and unregister.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +15,129 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+import redis
+
+from ..control import clusterfile
+from ..control.client import ApiClient
+from ..control.devices import BEAT_S, LEASE_S
 from ..errors import ApiError
-from ..launch.procs import child_environment
+from ..launch.procs import child_environment, parent_death_hook
 from ..settings import Settings
-from .jobs import client_for
 
 __all__ = ["add_commands"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("worker", help="register this machine for a job, then run its Celery worker")
-    w.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000)")
-    w.add_argument("--job-id", required=True)
-    w.add_argument("--name", help="device name (default: hostname-pid)")
+    w = sub.add_parser("worker", help="join the cluster as a device and serve any of its jobs")
+    w.add_argument("--join", "--api-url", dest="api_url",
+                   help="the cluster's API (default: the one joined last, else ARCEUS_API_URL)")  # fmt: skip
+    w.add_argument("--token", help="the cluster token `arceus up` printed (default: ARCEUS_TOKEN, else the one kept)")
+    w.add_argument("--name", help="device name, unique in the cluster (default: this machine's host name)")
     w.add_argument("--device", help="torch device (default: ARCEUS_DEVICE, else mps > cuda > cpu)")
+    w.add_argument("--job-id", help="also register the device for this job (the original flow)")
     w.set_defaults(func=cmd_worker)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(device=args.device)
-    if not settings.redis_url:
-        print("error: set ARCEUS_REDIS_URL to the cluster's Redis (`arceus up` prints it)", file=sys.stderr)
-        return 2
+    kept = clusterfile.load(settings.home)
+    url = (args.api_url or kept.get("api_url") or settings.api_url).rstrip("/")
+    token = args.token or settings.token or clusterfile.token_for(settings.home, url)
+    client = ApiClient(url, timeout_s=30, token=token)
+    redis_url = _join(client)
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
+    except redis.RedisError as e:
+        host = redis_url.rpartition("@")[2].split("/")[0]
+        raise ApiError(f"the cluster's Redis at {host} does not answer from this machine ({e}): is its port "
+                       "reachable (firewall)?") from None  # fmt: skip
+    if token and (args.api_url or args.token):
+        clusterfile.save(settings.home, api_url=url, token=token)
+
     from ..engine.device import describe_machine  # noqa: PLC0415 - imports torch
 
-    client = client_for(args)
     info = {k: v for k, v in describe_machine(settings.device).items() if v is not None}
-    info["name"] = args.name or f"{info['host']}-{os.getpid()}"
-    reply = client.post("/api/devices/register", {"job_id": args.job_id, **info})
-    device_id = reply["device_id"]
-    print(f"registered as device {device_id} ({info['torch_device']}) for job {args.job_id}; queue {reply['queue']}")
-    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", reply["queue"],
-           "-n", f"{reply['queue']}@%h", "--loglevel", "INFO"]  # fmt: skip
-    # The worker gets our settings (the device chosen here included) through its environment.
-    proc = subprocess.Popen(cmd, env=child_environment(settings))
+    info["name"] = args.name or info["host"]
+    reply = _register(client, info, args.job_id)
+    device_id, queue = reply["device_id"], reply["queue"]
+    print(f"device {device_id} ({info['name']}, {info['torch_device']}) serves queue {queue} of {url}", flush=True)
+    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-n", f"{queue}@%h",
+           "--loglevel", "INFO"]  # fmt: skip
+    # The Redis URL (with its password) and our pid reach the worker through its environment only.
+    env = child_environment(Settings.from_env(device=args.device, redis_url=redis_url, parent_pid=os.getpid()))
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_hook())
+    stopping = []
+
+    def _stop(signum, _frame):  # SIGTERM as Ctrl-C: the worker shuts down warm, then we unregister
+        stopping.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        return 0
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                _stop(signal.SIGINT, None)
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         try:
             client.delete(f"/api/devices/{device_id}")
-            print(f"unregistered device {device_id}")
+            print(f"unregistered device {device_id}", flush=True)
         except ApiError as e:
             print(f"note: device {device_id} stays registered: {e}", file=sys.stderr)
+    return 0 if stopping else code
+
+
+def _join(client: ApiClient, wait_s: float = 120.0) -> str:
+    """The cluster's Redis URL, from its API (a 401 names a wrong token). An API that is not up yet
+    (started beside us by honcho or compose) is waited for."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return client.get("/api/cluster/join")["redis_url"]
+        except ApiError as e:
+            if e.status is not None and e.status != 503 or time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"waiting for the API at {client.base} ({e})", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)
+
+
+def _register(client: ApiClient, info: dict, job_id: str | None) -> dict:
+    """Register, waiting out the lease of a device of the same name whose worker was killed: its
+    heartbeat does not move any more. A name whose heartbeat moves is held by a live worker: an
+    error at once (well, after a heartbeat or two)."""
+    body = {**info, **({"job_id": job_id} if job_id else {})}
+    deadline, last_beat = time.monotonic() + LEASE_S + 2 * BEAT_S, None
+    while True:
+        status, reply = client.request("POST", "/api/devices/register", body)
+        if status < 300:
+            return reply
+        holder = _holder(client, reply["message"]) if status == 409 else None
+        failed = ApiError(f"POST /api/devices/register: {status} {reply['message']}", status)
+        if holder is None or time.monotonic() > deadline:
+            raise failed
+        if holder.get("alive"):
+            beat = round(time.time() - holder["last_seen_s"])
+            if last_beat is not None and beat > last_beat + 1:  # it beat again: its worker is alive
+                raise failed
+            last_beat = beat if last_beat is None else last_beat
+        time.sleep(BEAT_S)
+
+
+def _holder(client: ApiClient, message: str) -> dict | None:
+    """The device a 409 says holds our name (``... (device <id>, ...``), if it says so."""
+    marker = "(device "
+    if marker not in message:
+        return None
+    device_id = message.split(marker, 1)[1].split(",", 1)[0]
+    status, reply = client.request("GET", f"/api/devices/{device_id}")
+    return reply if status == 200 else None

@@ -14,14 +14,15 @@ __all__ = ["ApiClient"]
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 120.0, token: str | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, dict]:
         """``(status, JSON body)`` whatever the status; ``ApiError`` only when the API cannot be reached."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=self.headers)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -48,7 +49,7 @@ class ApiClient:
 
     def download(self, path: str, dest: Path) -> int:
         """Stream a binary answer into ``dest`` (whole or not at all); returns its size in bytes."""
-        req = urllib.request.Request(self.base + path, method="GET")
+        req = urllib.request.Request(self.base + path, method="GET", headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 write_atomic(dest, iter(lambda: resp.read(1 << 20), b""))

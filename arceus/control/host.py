@@ -16,6 +16,7 @@ from .. import keys
 from ..config import JobConfig
 from ..engine.device import pick_device
 from ..engine.model import Shard, build_shard
+from ..engine.source import training_data
 from ..engine.stage import StageRunner
 from ..engine.state import load_restore, optimizer_state
 from ..errors import ArceusError, Conflict, RunAborted
@@ -40,13 +41,15 @@ class ShardHost:
         self.store = JobStore(self.r)
 
     def load(
-        self, job_id: str, device_id: int, shard: dict, job_config: dict, seed: int, restore: bool = False
+        self, job_id: str, device_id: str, shard: dict, job_config: dict, seed: int, restore: bool = False
     ) -> dict:
         if self.store.get(job_id)["status"] not in ("initializing", "recovering"):
             # A redelivered task of an initialization that is over must not replace a newer shard.
             return {"device_id": device_id, "skipped": "the job is not initializing"}
         plan = StageAssignment.from_dict(shard)
         job = JobConfig.parse(job_config)
+        if plan.stage == 0:  # stage 0 reads the dataset: missing here is a 409 at initialize, not a failed run
+            training_data(job.dataset, self.settings, job.dataset.sample)
         module = build_shard(job, plan.start_layer, plan.end_layer, seed)
         optimizer = None
         if restore:  # the API left this stage's slice of a checkpoint in Redis

@@ -3,8 +3,8 @@
 A job moves through ``created -> initializing -> ready -> training -> completed | failed |
 stopped``; a failure carries its reason. Every transition is a compare-and-set on the
 job's status, so two API processes (or an API and a worker) never race a job into an
-impossible state. Devices get sequential ids; device N's worker listens on queue
-``keys.queue_for(N)``.
+impossible state. Devices are the pool's (``control.devices``): a job has the devices registered
+for it (the original flow) and those of its plan.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import redis
 from .. import keys
 from ..config import JobConfig
 from ..errors import Conflict, NotFound
+from .devices import DeviceRegistry
 
 __all__ = ["ACTIVE", "TRANSITIONS", "JobStore"]
 
@@ -47,6 +48,7 @@ def _now() -> float:
 class JobStore:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
+        self.devices = DeviceRegistry(r)
 
     # ------------------------------------------------------------------ jobs
     def create(self, config: JobConfig) -> str:
@@ -75,27 +77,26 @@ class JobStore:
         for field in ("step", "start_step"):  # steps trained: where the workers' state is, where a run began
             if job.get(field):
                 job[field] = int(job[field])
-        job["devices"] = self.job_devices(job_id)
+        job["devices"] = self.job_devices(job_id, job.get("plan"))
         return job
 
-    def list(self) -> list[dict]:
-        ids = [i.decode() for i in self.r.zrange(keys.JOBS, 0, -1)]
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
+        """``(total, jobs)``: ``limit`` jobs from the ``offset``-th, oldest first."""
+        total = self.r.zcard(keys.JOBS)
+        ids = [i.decode() for i in self.r.zrange(keys.JOBS, offset, offset + limit - 1)]
         jobs = []
         for job_id in ids:
             try:
                 jobs.append(self.get(job_id))
             except NotFound:  # deleted between the two reads
                 continue
-        return jobs
+        return total, jobs
 
     def delete(self, job_id: str) -> None:
         job = self.get(job_id)
         if job["status"] in ACTIVE:
             raise Conflict(f"job {job_id} is {job['status']}: stop it (POST /api/network/stop/{job_id}) first")
-        for device in job["devices"]:
-            self.r.delete(keys.device(device["device_id"]))
-            self.r.srem(keys.DEVICES, device["device_id"])
-        # Its devices set and every run's keys are under the job's key.
+        # The devices stay in the pool. Its devices set and every run's keys are under the job's key.
         found = list(self.r.scan_iter(match=keys.job_pattern(job_id), count=1000))
         self.r.delete(keys.job(job_id), *found)
         self.r.zrem(keys.JOBS, job_id)
@@ -131,6 +132,10 @@ class JobStore:
                     mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()})
                     pipe.multi()
                     pipe.hset(key, mapping=mapping)
+                    if to in ACTIVE:
+                        pipe.sadd(keys.ACTIVE_JOBS, job_id)
+                    else:
+                        pipe.srem(keys.ACTIVE_JOBS, job_id)
                     pipe.execute()
                     return {"from": current, "to": to, "run_id": run_id}
                 except redis.WatchError:
@@ -141,62 +146,54 @@ class JobStore:
         self.r.hset(keys.job(job_id), mapping=mapping)
 
     # --------------------------------------------------------------- devices
-    def register_device(self, job_id: str, info: dict) -> int:
+    def attach(self, job_id: str, device_id: str) -> None:
+        """Count a device among the job's own (the original flow: registered for the job). Its
+        plan, made for other devices, is void unless the job is recovering (the newcomer joins
+        its next plan)."""
+        job = self.check_attachable(job_id)
+        if job["status"] != "recovering":
+            self._forget_plan(job)
+        self.r.sadd(keys.job_devices(job_id), device_id)
+
+    def check_attachable(self, job_id: str) -> dict:
+        """The job, if devices may be registered for it now."""
         job = self.get(job_id)
         if job["status"] in ("initializing", "training"):
             raise Conflict(f"job {job_id} is {job['status']}: register devices before initializing it")
-        name = info.get("name")
-        if name and any(d.get("name") == name for d in job["devices"]):
-            raise Conflict(f"a device named {name!r} is already registered for job {job_id}")
-        if job["status"] != "recovering":  # a recovering job takes the newcomer into its next plan
-            self._forget_plan(job)
-        device_id = int(self.r.incr(keys.DEVICE_SEQ))
-        record = {"device_id": device_id, "job_id": job_id, "queue": keys.queue_for(device_id),
-                  "registered_at": _now(), **info}  # fmt: skip
-        pipe = self.r.pipeline()
-        pipe.set(keys.device(device_id), json.dumps(record))
-        pipe.sadd(keys.DEVICES, device_id)
-        pipe.sadd(keys.job_devices(job_id), device_id)
-        pipe.execute()
-        return device_id
+        return job
 
-    def get_device(self, device_id: int) -> dict:
-        raw = self.r.get(keys.device(device_id))
-        if raw is None:
-            raise NotFound(f"device {device_id} does not exist")
-        return json.loads(raw)
+    def job_devices(self, job_id: str, plan: list[dict] | None = None) -> list[dict]:
+        """The devices registered for the job, then those of its plan, with their leases."""
+        own = sorted(i.decode() for i in self.r.smembers(keys.job_devices(job_id)))
+        planned = [str(s["device_id"]) for s in plan or () if s.get("device_id") is not None]
+        ids = list(dict.fromkeys(own + planned))
+        return sorted(self.devices.some(ids), key=lambda d: d.get("registered_at", 0))
 
-    def devices(self) -> list[dict]:
-        ids = sorted(int(i) for i in self.r.smembers(keys.DEVICES))
-        raws = self.r.mget([keys.device(i) for i in ids]) if ids else []
-        return [json.loads(r) for r in raws if r is not None]
+    def busy(self, except_job: str | None = None) -> dict[str, str]:
+        """Device id -> the job (initializing, training or recovering) whose plan holds it."""
+        out = {}
+        for raw in self.r.smembers(keys.ACTIVE_JOBS):
+            job_id = raw.decode()
+            if job_id == except_job:
+                continue
+            plan = self.r.hget(keys.job(job_id), "plan")
+            for stage in json.loads(plan) if plan else ():
+                out[str(stage["device_id"])] = job_id
+        return out
 
-    def job_devices(self, job_id: str) -> list[dict]:
-        ids = sorted(int(i) for i in self.r.smembers(keys.job_devices(job_id)))
-        raws = self.r.mget([keys.device(i) for i in ids]) if ids else []
-        return [json.loads(r) for r in raws if r is not None]
-
-    def update_device(self, device_id: int, **fields: object) -> None:
-        record = self.get_device(device_id)
-        record.update(fields)
-        self.r.set(keys.device(device_id), json.dumps(record))
-
-    def delete_device(self, device_id: int) -> None:
-        record = self.get_device(device_id)
-        job_id = record["job_id"]
-        try:
-            status = self.get(job_id)["status"]
-        except NotFound:
-            status = None
-        if status in ACTIVE:
-            raise Conflict(f"device {device_id} belongs to job {job_id}, which is {status}: stop the job first")
-        if status is not None:
-            self._forget_plan(self.get(job_id))
-        pipe = self.r.pipeline()
-        pipe.delete(keys.device(device_id))
-        pipe.srem(keys.DEVICES, device_id)
-        pipe.srem(keys.job_devices(job_id), device_id)
-        pipe.execute()
+    def forget_device(self, device_id: str) -> None:
+        """A device is leaving: refused while an active job's plan holds it; a ready job planned
+        on it must be initialized again."""
+        holder = self.busy().get(device_id)
+        if holder is not None:
+            status = self.get(holder)["status"]
+            raise Conflict(f"device {device_id} serves job {holder}, which is {status}: stop the job first")
+        for raw in self.r.zrange(keys.JOBS, 0, -1):
+            job_id = raw.decode()
+            plan = self.r.hget(keys.job(job_id), "plan")
+            if plan and any(str(s["device_id"]) == device_id for s in json.loads(plan)):
+                self._forget_plan(self.get(job_id))
+        self.devices.delete(device_id)
 
     def _forget_plan(self, job: dict) -> None:
         """A plan made for other devices is void: the job must be initialized again."""

@@ -26,7 +26,7 @@ import redis
 from .. import keys
 from ..checkpoints import CheckpointCollector, CheckpointStore
 from ..config import JobConfig, TrainConfig
-from ..errors import ArceusError
+from ..errors import ArceusError, NotFound
 from ..events import EVENTS_PER_READ, EventLog
 from ..liveness import RunLiveness
 from ..plan.layers import train_flops_per_sample
@@ -153,9 +153,16 @@ class Supervisor:
             self._stop.wait(self.interval_s)
 
     def poll(self) -> None:
-        """One pass over the jobs: read every followed run's new events, finish the runs that
-        ended, and hand lost devices and recovering jobs to the recoverer."""
-        jobs = self.jobs.list()
+        """One pass over the active jobs and those whose runs it follows: read every followed run's
+        new events, finish the runs that ended, and hand lost devices and recovering jobs to the
+        recoverer."""
+        jobs = []
+        active = {i.decode() for i in self.r.smembers(keys.ACTIVE_JOBS)}
+        for job_id in sorted(active | {run.spec.job_id for run in self.runs.values()}):
+            try:
+                jobs.append(self.jobs.get(job_id))
+            except NotFound:  # deleted: its run is expired below
+                continue
         current = {job.get("run_id") for job in jobs}
         for run_id in [r for r in self.runs if r not in current]:  # superseded before it was seen to end
             expire_run(self.r, self.runs.pop(run_id).spec.keys)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import socket
 import sysconfig
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -69,6 +72,11 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
     from torchvision import datasets  # noqa: PLC0415 - torchvision is slow to import; only when needed
 
     cls = getattr(datasets, name)
+    offline = ""
+    if download and not _files_present(cls, root):
+        host = _download_host(cls)
+        if not _reachable(host):  # fail now with the same advice, not after torchvision's retries
+            download, offline = False, f"; no download: {host} cannot be reached from here"
     try:
         train = cls(str(root), train=True, download=download)
         val = cls(str(root), train=False, download=download)
@@ -76,16 +84,16 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
         if name == "CIFAR10":
             # torchvision unpickles these files only once their MD5 matches the official ones.
             raise DatasetUnavailable(
-                f"CIFAR10 is not available under {root / 'cifar-10-batches-py'} ({e}). Put the official python "
-                f"version there (data_batch_1 to data_batch_5, test_batch, batches.meta: torchvision checks "
-                f"their MD5), set ARCEUS_DATA_DIR to a folder that has cifar-10-batches-py/, or allow a "
-                f"download with ARCEUS_DOWNLOAD=1 where there is internet."
+                f"CIFAR10 is not available under {root / 'cifar-10-batches-py'} ({e}{offline}). Put the official "
+                f"python version there (data_batch_1 to data_batch_5, test_batch, batches.meta: torchvision checks "
+                f"their MD5), set ARCEUS_DATA_DIR to a folder that has cifar-10-batches-py/, or run where "
+                f"there is internet (Arceus downloads it unless ARCEUS_DOWNLOAD=0)."
             ) from e
         raw = root / name / "raw"
         raise DatasetUnavailable(
-            f"{name} is not available under {raw} ({e}). Put the four uncompressed IDX files "
+            f"{name} is not available under {raw} ({e}{offline}). Put the four uncompressed IDX files "
             f"({', '.join(MNIST_FILES)}) in {raw}, set ARCEUS_DATA_DIR to a folder that has "
-            f"{name}/raw/, allow a download with ARCEUS_DOWNLOAD=1 where there is internet, "
+            f"{name}/raw/, run where there is internet (Arceus downloads it unless ARCEUS_DOWNLOAD=0), "
             f"or use the offline stand-in dataset 'digits'."
         ) from e
     if name == "CIFAR10":  # numpy (N, H, W, C) uint8 and lists of labels
@@ -95,6 +103,37 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
 
         return chw(train.data), torch.tensor(train.targets), chw(val.data), torch.tensor(val.targets)
     return train.data, train.targets, val.data, val.targets
+
+
+def _files_present(cls: type, root: Path) -> bool:
+    try:
+        cls(str(root), train=True, download=False)
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+def _download_host(cls: type) -> str:
+    url = cls.mirrors[0] if getattr(cls, "mirrors", None) else getattr(cls, "url", "")
+    return urlsplit(url).hostname or ""
+
+
+def _reachable(host: str, timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout_s`` (the name lookup
+    included, which has no timeout of its own: it runs in a thread we stop waiting for)."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return bool(result and result[0])
 
 
 def load_digits() -> tuple[torch.Tensor, ...]:

@@ -82,16 +82,16 @@ class LocalCluster:
             self.stop()  # nothing half-started is left behind
             raise
 
-    def worker_redis_url(self) -> str:
-        """The Redis URL to give workers on other machines."""
-        if self.redis is not None and self.host != "127.0.0.1":
-            return self.redis.url_for(lan_address())
-        return self.redis_url
-
     def child_env(self, **settings: object) -> dict[str, str]:
         """The environment of a process started here: our settings, with ``settings``' overrides."""
         overrides = {k: v for k, v in settings.items() if v is not None}
         return child_environment(replace(self.settings, redis_url=self.redis_url, **overrides))
+
+    def api_env(self, **settings: object) -> dict[str, str]:
+        """The API's environment: ours, and the Redis URL it hands to joining workers (their own
+        Redis user, where the embedded Redis has one)."""
+        worker_url = self.redis.worker_url if self.redis is not None else None
+        return self.child_env(worker_redis_url=worker_url, **settings)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         if name in self.procs and self.procs[name].poll() is None:
@@ -109,11 +109,11 @@ class LocalCluster:
         if self.port == 0:
             self.port = free_port()
         args = [sys.executable, "-m", "api.server", "--host", self.host, "--port", str(self.port)]
-        self._spawn("api", args, self.child_env(**settings))
+        self._spawn("api", args, self.api_env(**settings))
         client, deadline = self.client(), time.monotonic() + 60
         while True:
             try:
-                client.get("/api/openapi.json")
+                client.get("/api/health")
                 return
             except ApiError:
                 self._check_alive()
@@ -139,8 +139,13 @@ class LocalCluster:
         self._spawn("flower", args, {**self.child_env(), **env})
         return f"http://127.0.0.1:{port}"
 
+    def start_device(self, name: str, threads: int | None = None, *extra: str) -> subprocess.Popen:
+        """``arceus worker --join <this API> --name <name>``: a device of the pool, for any job."""
+        args = [sys.executable, "-m", "arceus.cli", "worker", "--join", self.api_url, "--name", name, *extra]
+        return self._spawn(f"device-{name}", args, self.child_env(threads=threads))
+
     def wait_for_workers(self, count: int, timeout_s: float = 60.0) -> list[str]:
-        """Until ``count`` workers answer the API's ping."""
+        """Until ``count`` workers hold their devices' leases (``GET /api/workers``)."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._check_alive()
@@ -151,8 +156,21 @@ class LocalCluster:
                 raise ApiError(f"{len(workers)} of {count} workers came up within {timeout_s:.0f}s; logs: {self.logs}")
             time.sleep(0.2)
 
+    def wait_live(self, device_ids: list[str], timeout_s: float = 60.0) -> None:
+        """Until every device of ``device_ids`` is live (its worker holds its lease)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check_alive()
+            live = {d["device_id"] for d in self.client().get("/api/devices")["devices"] if d["alive"]}
+            if set(device_ids) <= live:
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(set(device_ids) - live)
+                raise ApiError(f"devices {missing} had no live worker after {timeout_s:.0f}s; logs: {self.logs}")
+            time.sleep(0.2)
+
     def client(self) -> ApiClient:
-        return ApiClient(self.api_url)
+        return ApiClient(self.api_url, token=self.settings.token)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process started as ``name`` (``api``, ``worker-N``) and wait for it."""
@@ -161,6 +179,8 @@ class LocalCluster:
         proc.wait(timeout=30)
 
     def stop(self) -> None:
+        # `arceus worker`s first, while the API is there to unregister them.
+        stop_processes([p for name, p in self.procs.items() if name.startswith("device-")])
         stop_processes(self.procs.values())
         self.procs.clear()
         if self.redis is not None:

@@ -21,7 +21,7 @@ class StageAssignment:
     stage: int
     start_layer: int  # inclusive
     end_layer: int  # exclusive
-    device_id: int | None = None
+    device_id: str | None = None
     # Estimates for the range: parameters, training FLOPs per sample, memory (memory_bytes()).
     params: int = 0
     flops: int = 0
@@ -127,12 +127,12 @@ def balanced_ranges(
 
 
 def plan(
-    layers: Sequence[Layer], device_ids: list[int] | int, capacities: Sequence[int | None] = (), rows: int = 1
+    layers: Sequence[Layer], device_ids: list[str] | int, capacities: Sequence[int | None] = (), rows: int = 1
 ) -> list[StageAssignment]:
     """The pipeline plan: stage i holds layers ``[start, end)`` on ``device_ids[i]``, the split that
     minimises the slowest stage's training FLOPs among those whose ``memory_bytes`` (``rows``
     samples in flight) fit each device's capacity in bytes (None: not reported)."""
-    ids: list[int | None] = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
+    ids: list = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
     groups = units(layers)
     partition(len(groups), len(ids))  # refuses D > L, naming both
     costs = [train_flops_per_sample(layers, a, b) for a, b in groups]
@@ -164,7 +164,7 @@ def plan(
 
 
 def assign(
-    layers: Sequence[Layer], unit_ranges: Sequence[tuple[int, int]], device_ids: Sequence[int | None], rows: int = 1
+    layers: Sequence[Layer], unit_ranges: Sequence[tuple[int, int]], device_ids: Sequence[str | None], rows: int = 1
 ) -> list[StageAssignment]:
     """Stage assignments for ranges of ``units(layers)``, one per device, with their estimates.
     ``plan`` chooses the ranges by cost; the benchmarks also assign ``partition``'s equal counts."""

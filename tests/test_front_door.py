@@ -1,0 +1,268 @@
+"""The cluster's front door (issue 11): devices that outlive jobs, a token, nothing that wedges.
+
+Real API (waitress), real `arceus worker` and Celery processes, real Redis servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+from cluster import ROOT, Cluster
+from conftest import write_mnist
+
+from arceus.control.client import ApiClient
+from arceus.launch.redis_server import EmbeddedRedis
+
+SMALL = {"model_config": {"layer_sizes": [784, 32, 16, 10]}, "dataset_config": {"batch_size": 200}}
+
+
+@pytest.fixture
+def cluster(redis_url, tmp_path):
+    write_mnist(tmp_path / "data", n_train=1200, n_val=200)
+    c = Cluster(redis_url, tmp_path / "data", tmp_path)
+    c.start_api()
+    yield c
+    c.stop_all()
+
+
+def _devices(c: Cluster, *names: str) -> list[str]:
+    """Start `arceus worker --join` for each name; their device ids once all are live."""
+    for name in names:
+        c.start_device(name, threads=1)
+    c.wait_for_workers(len(names))
+    by_name = {d["name"]: d["device_id"] for d in c.ok("GET", "/api/devices")["devices"] if d["alive"]}
+    return [by_name[n] for n in names]
+
+
+def _train(c: Cluster, job_id: str, epochs: int = 1) -> dict:
+    c.ok("POST", f"/api/network/train/{job_id}", {"epochs": epochs, "learning_rate": 0.1})
+    job = c.wait_for(job_id, lambda j: j["status"] not in ("training", "recovering"), 120, "the run to end")
+    assert job["status"] == "completed", job["error"]
+    return job
+
+
+def _processes_serving(queue: str) -> list[int]:
+    """Pids of live processes whose command line names ``queue`` (a Celery worker serving it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().split(")")[-1].split()[0]
+            except OSError:
+                continue
+            if queue.encode() in cmd and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_jobs_share_the_pool_with_no_restarts(cluster):
+    """Workers join once; a second and a third job train on them, none restarted."""
+    a, b = _devices(cluster, "mac-a", "mac-b")
+    pids = {name: p.pid for name, p in cluster.procs.items()}
+    for i in range(3):
+        job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
+        init = cluster.ok("POST", f"/api/network/initialize/{job_id}")  # default: the free live devices
+        assert [s["device_id"] for s in init["plan"]] == [a, b]
+        job = _train(cluster, job_id)
+        assert job["final_metrics"]["epoch"] == 1, i
+    assert {name: p.pid for name, p in cluster.procs.items() if p.poll() is None} == pids
+    # Asked for by id: one device holds the whole model.
+    job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
+    init = cluster.ok("POST", f"/api/network/initialize/{job_id}", {"devices": [b]})
+    assert [(s["device_id"], s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(b, 0, 6)]
+
+
+def test_fifty_concurrent_worker_listings_then_a_train_that_starts(cluster):
+    _devices(cluster, "mac-a", "mac-b")
+    job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
+    cluster.ok("POST", f"/api/network/initialize/{job_id}")
+    with ThreadPoolExecutor(50) as pool:
+        replies = list(pool.map(lambda _: cluster.call("GET", "/api/workers"), range(50)))
+    assert all(status == 200 and len(body["workers"]) == 2 for status, body in replies), replies[:3]
+    _train(cluster, job_id)
+
+
+def test_twenty_parallel_registrations_of_one_name_make_one_device(cluster):
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda _: cluster.call("POST", "/api/devices/register", {"name": "m1"}), range(20)))
+    assert sorted(status for status, _ in replies) == [201] + [409] * 19
+    (device,) = cluster.ok("GET", "/api/devices")["devices"]
+    assert device["name"] == "m1" and not device["alive"]  # registered; no worker serves it yet
+
+
+def test_an_oversized_plan_is_refused_before_any_worker_allocates(cluster, r):
+    # 1.6 billion parameters: with gradients and AdamW state, 25.6 GB in the middle layer alone.
+    job_id = cluster.ok("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 40000, 40000, 10]}})["job_id"]
+    devices = [cluster.ok("POST", "/api/devices/register", {"job_id": job_id, "name": f"m{i}", "memory_gb": 8})
+               for i in range(2)]  # fmt: skip
+    for d in devices:
+        cluster.start_worker(d["device_id"])
+    cluster.wait_live([d["device_id"] for d in devices])
+    status, reply = cluster.call("POST", f"/api/network/initialize/{job_id}")
+    assert status == 409 and "reported 8.00 GiB, but stage 1 (layers [3, 6)) needs about 23.96 GiB" in reply["message"]
+    assert cluster.ok("GET", f"/api/jobs/{job_id}")["status"] == "created"
+    for d in devices:  # nothing was sent to them, and they received nothing
+        assert r.llen(d["queue"]) == 0
+        log = (cluster.logs / f"worker-{d['device_id']}.log").read_text()
+        assert "arceus.load_shard" not in log.split("[tasks]", 1)[1].split("ready.", 1)[1]
+
+
+def test_a_missing_dataset_is_409_at_initialize(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path / "empty", tmp_path)  # no MNIST files there, and no download
+    c.start_api()
+    try:
+        (device,) = _devices(c, "mac")
+        job_id = c.ok("POST", "/api/jobs", SMALL)["job_id"]
+        status, reply = c.call("POST", f"/api/network/initialize/{job_id}")
+        assert status == 409, reply
+        message = reply["message"]
+        assert f"device {device} failed to load its shard: DatasetUnavailable: MNIST is not available" in message
+        assert "ARCEUS_DATA_DIR" in reply["message"]
+    finally:
+        c.stop_all()
+
+
+def test_every_route_needs_the_token(redis_url, tmp_path):
+    c = Cluster(redis_url, tmp_path, tmp_path, token="s3cret-token")
+    c.start_api()
+    try:
+        doc = c.ok("GET", "/api/openapi.json")  # with the token
+        anonymous, wrong = ApiClient(c.base), ApiClient(c.base, token="wrong")
+        checked = 0
+        for path, methods in doc["paths"].items():
+            concrete = path.replace("{job_id}", "abc").replace("{device_id}", "abcdef")
+            for method in methods:
+                for who in (anonymous, wrong):
+                    status, reply = who.request(method.upper(), concrete, {} if method == "post" else None)
+                    if path == "/api/health":
+                        assert status == 200, reply
+                        continue
+                    assert status == 401, (method, path, status, reply)
+                    assert reply["message"].startswith(("no token", "wrong token"))
+                    checked += 1
+        assert checked >= 2 * 14
+        # A device cannot join with a wrong token: the worker says so and exits.
+        env = {**c.env, "ARCEUS_TOKEN": ""}
+        out = subprocess.run(
+            [sys.executable, "-m", "arceus.cli", "worker", "--join", c.base, "--token", "wrong", "--name", "x"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode != 0 and "401 wrong token" in out.stderr, out.stderr
+        assert c.ok("GET", "/api/devices")["devices"] == []
+        # `arceus doctor` checks the same door, and the rest of this machine.
+        doctor = [sys.executable, "-m", "arceus.cli", "doctor", "--join", c.base]
+        good = subprocess.run(doctor, cwd=ROOT, env=c.env, capture_output=True, text=True, timeout=120)
+        assert good.returncode == 0, good.stdout + good.stderr
+        for check in ("api", "token", "redis", "torch", "data dir", "memory"):
+            assert f"ok    {check}" in good.stdout, good.stdout
+        bad = subprocess.run([*doctor, "--token", "wrong"], cwd=ROOT, env=c.env, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert bad.returncode == 1 and "FAIL  token" in bad.stdout and "401 wrong token" in bad.stdout
+    finally:
+        c.stop_all()
+
+
+def test_a_sigtermed_worker_leaves_no_process_and_gives_its_device_up(cluster):
+    (device,) = _devices(cluster, "mac")
+    queue = f"device-{device}"
+    assert len(_processes_serving(queue)) == 1  # the Celery worker
+    proc = cluster.procs.pop("device-mac")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    while _processes_serving(queue) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_serving(queue) == []
+    assert cluster.call("GET", f"/api/devices/{device}")[0] == 404
+
+
+def test_a_killed_worker_comes_back_as_the_same_device(cluster):
+    (device,) = _devices(cluster, "mac")
+    proc = cluster.procs.pop("device-mac")
+    for pid in _processes_serving(f"device-{device}"):
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+    # Started at once: it waits out the dead worker's lease, then takes the device (id, queue) back.
+    cluster.start_device("mac", threads=1)
+    log = cluster.logs / "device-mac.log"
+    deadline = time.monotonic() + 60
+    while log.read_text().count(f"device {device} (mac, ") < 2:  # the log has the first worker's line too
+        assert time.monotonic() < deadline and cluster.procs["device-mac"].poll() is None, log.read_text()[-2000:]
+        time.sleep(0.2)
+    cluster.wait_live([device])
+    job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
+    cluster.ok("POST", f"/api/network/initialize/{job_id}")
+    _train(cluster, job_id)
+
+
+def test_redis_restarted_without_its_data_reuses_no_id_and_workers_register_again(tmp_path):
+    write_mnist(tmp_path / "data", n_train=1200, n_val=200)
+    server = EmbeddedRedis().start()
+    port = server.port
+    c = Cluster(server.url, tmp_path / "data", tmp_path)
+    try:
+        c.start_api()
+        before = _devices(c, "mac-a", "mac-b")
+        server.stop()
+        status, reply = c.call("GET", "/api/jobs")
+        assert status == 503 and "Redis does not answer" in reply["message"], reply
+        server = EmbeddedRedis(port=port).start()  # empty: every job and device record is gone
+        deadline = time.monotonic() + 60
+        while True:
+            devices = c.ok("GET", "/api/devices")["devices"]
+            if sorted(d["device_id"] for d in devices if d["alive"]) == sorted(before):
+                break
+            assert time.monotonic() < deadline, devices
+            time.sleep(0.5)
+        assert {d["name"] for d in devices} == {"mac-a", "mac-b"}  # registered again by their heartbeats
+        fresh = c.ok("POST", "/api/devices/register", {"name": "mac-c"})["device_id"]
+        assert fresh not in before
+        job_id = c.ok("POST", "/api/jobs", SMALL)["job_id"]
+        init = c.ok("POST", f"/api/network/initialize/{job_id}", {"devices": before})
+        assert [s["device_id"] for s in init["plan"]] == before
+        _train(c, job_id)
+    finally:
+        c.stop_all()
+        server.stop()
+
+
+def test_lists_are_pages(cluster, r):
+    ids = [cluster.ok("POST", "/api/jobs", SMALL)["job_id"] for _ in range(5)]
+    page = cluster.ok("GET", "/api/jobs?offset=1&limit=2")
+    assert [j["job_id"] for j in page["jobs"]] == ids[1:3] and page["total"] == 5
+    status, reply = cluster.call("GET", "/api/jobs?limit=100000")
+    assert status == 400 and reply["message"].startswith("limit: Must be"), reply
+
+
+def test_deep_json_is_400(cluster):
+    body = b"[" * 30_000 + b"]" * 30_000
+    status, reply = cluster.call("POST", "/api/jobs", raw=body)
+    assert status == 400, reply
+    assert json.dumps(reply)  # a JSON answer
+
+
+def test_worker_redis_user_cannot_administer(tmp_path):
+    """On the LAN, workers get a Redis user of their own: what workers do, and no more."""
+    server = EmbeddedRedis.persistent(tmp_path / "home", lan=True).start()
+    try:
+        worker = redis.Redis.from_url(server.worker_url)
+        worker.xadd("s", {"a": b"1"})
+        assert worker.xlen("s") == 1
+        for command in (("FLUSHALL",), ("CONFIG", "GET", "requirepass"), ("ACL", "LIST"), ("KEYS", "*")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                worker.execute_command(*command)
+        assert server.password not in server.worker_url
+        assert server.password not in Path(f"/proc/{server.proc.pid}/cmdline").read_text()  # config came on stdin
+    finally:
+        server.stop()
