@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from . import cluster, devices, jobs, network  # noqa: PLC0415
     from .control import Control  # noqa: PLC0415
     from .errors import ArceusApi, register_error_handlers, require_token  # noqa: PLC0415
+    from .schemas import document, document_model_config  # noqa: PLC0415
 
     settings = settings or Settings.from_env()
     settings = replace(settings, redis_url=settings.redis_url or DEFAULT_REDIS_URL)
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         ARCEUS_SETTINGS=settings,
     )
     api = ArceusApi(app)
+    document(app, api)
     register_error_handlers(app)
     if settings.token:
         require_token(app, settings.token, public=("/api/health",))
@@ -48,4 +50,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["arceus"] = Control(r, make_celery(settings), settings)
     for blp in (cluster.blp, jobs.blp, devices.blp, devices.workers_blp, network.blp):
         api.register_blueprint(blp)
+    document_model_config(api)
     return app

@@ -23,11 +23,12 @@ blp = Blueprint("devices", __name__, url_prefix="/api/devices", description="Dev
 
 @blp.route("/register")
 class Register(MethodView):
-    @blp.arguments(DeviceRegisterSchema)
+    @blp.arguments(DeviceRegisterSchema, required=False)
     @blp.response(201, DeviceRegisteredSchema)
     def post(self, body):
         """Register a device: into the pool, or for a job (``job_id``, the original flow). Its worker
-        serves the returned queue; a name is unique among live devices."""
+        serves the returned queue; a name is unique among live devices. Every field is optional."""
+        body = dict(body or {})
         store = current_app.extensions["arceus"].store
         job_id = body.pop("job_id", None)
         if job_id is not None:
@@ -51,7 +52,7 @@ class Devices(MethodView):
         return {"devices": current_app.extensions["arceus"].store.devices.all()}
 
 
-@blp.route("/<device_id>")
+@blp.route("/<device_id:device_id>")
 class Device(MethodView):
     @blp.response(200, DeviceSchema)
     def get(self, device_id):

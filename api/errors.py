@@ -47,6 +47,8 @@ class ArceusApi(Api):
         payload, code, headers = super().handle_http_exception(error)
         if "message" not in payload:
             payload["message"] = "; ".join(_flatten(payload["errors"])) if "errors" in payload else error.description
+        if getattr(error, "valid_methods", None):  # a 405 says what is allowed (RFC 9110)
+            headers = {**headers, "Allow": ", ".join(error.valid_methods)}
         return payload, code, headers
 
 

@@ -7,6 +7,7 @@ one place they are written; ``JobConfig.parse`` checks the same rules again, and
 from __future__ import annotations
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from werkzeug.routing import BaseConverter
 
 from arceus.config import (
     DATASETS,
@@ -21,6 +22,39 @@ from arceus.control.devices import LEASE_S
 from arceus.plan.layers import KINDS
 
 DEVICE_ID = r"^[0-9a-f]{6,32}$"
+
+
+class DeviceIdConverter(BaseConverter):
+    """``<device_id:...>`` in a route: hex digits only, so ``/api/devices/register`` is never read as
+    a device id (the two routes would otherwise share methods in OPTIONS and Allow)."""
+
+    regex = DEVICE_ID[1:-1]
+
+
+def document(app, api) -> None:
+    """What apispec leaves out of the document, added before the blueprints are registered: the
+    device id converter, and exclusive bounds (``Range(min_inclusive=False)``) as OpenAPI 3.0's
+    ``exclusiveMinimum`` / ``exclusiveMaximum``."""
+    app.url_map.converters["device_id"] = DeviceIdConverter
+    api.register_converter(DeviceIdConverter, lambda _converter: {"type": "string", "pattern": DEVICE_ID})
+
+    def exclusive_bounds(self, field, **kwargs) -> dict:
+        out = {}
+        for v in field.validators:
+            if isinstance(v, validate.Range):
+                if v.min is not None and not v.min_inclusive:
+                    out["exclusiveMinimum"] = True
+                if v.max is not None and not v.max_inclusive:
+                    out["exclusiveMaximum"] = True
+        return out
+
+    api.ma_plugin.converter.add_attribute_function(exclusive_bounds)
+
+
+def document_model_config(api) -> None:
+    """A model config has exactly one of its two forms: said in the document once it is built."""
+    api.spec.components.schemas["ModelConfig"]["oneOf"] = [{"required": ["layer_sizes"]}, {"required": ["layers"]}]
+
 
 __all__ = [
     "DeviceRegisterSchema",
