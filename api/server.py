@@ -20,8 +20,26 @@ from arceus.settings import Settings
 from . import create_app
 
 THREADS = 16  # requests handled at once (an initialize holds one while its workers load)
-CONNECTION_LIMIT = 200  # open connections; more wait in the listen backlog
+# Open connections; more wait in the listen backlog. An idle connection costs a descriptor, not a
+# thread (waitress reads requests with poll), so the limit is high: 500 half-open clients must not
+# crowd out the real ones. Capped below the process's descriptor limit (macOS starts at 256).
+CONNECTION_LIMIT = 1000
 CHANNEL_TIMEOUT_S = 30  # a connection silent this long (no request under way) is closed
+
+
+def _connection_limit() -> int:
+    """``CONNECTION_LIMIT``, after raising the soft descriptor limit as far as allowed, or lower."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = CONNECTION_LIMIT + 256 if hard == resource.RLIM_INFINITY else min(hard, CONNECTION_LIMIT + 256)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        return CONNECTION_LIMIT if soft == resource.RLIM_INFINITY else max(32, min(CONNECTION_LIMIT, soft - 256))
+    except (ImportError, ValueError, OSError):
+        return 100
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     supervisor = Supervisor(control.r, control.checkpoints, recoverer=control).start()
     try:
         # Threads: an initialize request waits for the workers while others are served.
-        serve(app, host=args.host, port=args.port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
-              channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=5, ident="arceus")  # fmt: skip
+        serve(app, host=args.host, port=args.port, threads=THREADS, connection_limit=_connection_limit(),
+              channel_timeout=CHANNEL_TIMEOUT_S, cleanup_interval=5, asyncore_use_poll=True,
+              ident="arceus")  # fmt: skip
     finally:
         supervisor.stop()
 

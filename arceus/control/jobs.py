@@ -65,32 +65,38 @@ class JobStore:
         return job_id
 
     def get(self, job_id: str) -> dict:
-        raw = self.r.hgetall(keys.job(job_id))
-        if not raw:
+        jobs = self.many([job_id])
+        if not jobs:
             raise NotFound(f"job {job_id!r} does not exist")
-        job = {k.decode(): v.decode() for k, v in raw.items()}
-        for field in ("config", "plan", "train_config", "final", "recoveries", "history"):
-            if job.get(field):
-                job[field] = json.loads(job[field])
-        for field in ("created_at", "updated_at"):
-            job[field] = float(job[field])
-        for field in ("step", "start_step"):  # steps trained: where the workers' state is, where a run began
-            if job.get(field):
-                job[field] = int(job[field])
-        job["devices"] = self.job_devices(job_id, job.get("plan"))
-        return job
+        return jobs[0]
+
+    def many(self, ids: list[str]) -> list[dict]:
+        """The jobs of ``ids`` that exist, with their devices: three round trips to Redis in all."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+            pipe.smembers(keys.job_devices(job_id))
+        replies = pipe.execute()
+        jobs, wanted = [], []
+        for raw, own in zip(replies[::2], replies[1::2], strict=True):
+            if not raw:  # deleted meanwhile
+                continue
+            job = _parse(raw)
+            planned = [str(s["device_id"]) for s in job.get("plan") or () if s.get("device_id") is not None]
+            job["devices"] = list(dict.fromkeys(sorted(i.decode() for i in own) + planned))
+            wanted += job["devices"]
+            jobs.append(job)
+        found = {d["device_id"]: d for d in self.devices.some(list(dict.fromkeys(wanted)))}
+        for job in jobs:  # the devices registered for the job, then those of its plan, with their leases
+            devices = [found[i] for i in job["devices"] if i in found]
+            job["devices"] = sorted(devices, key=lambda d: d.get("registered_at", 0))
+        return jobs
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
         """``(total, jobs)``: ``limit`` jobs from the ``offset``-th, oldest first."""
         total = self.r.zcard(keys.JOBS)
         ids = [i.decode() for i in self.r.zrange(keys.JOBS, offset, offset + limit - 1)]
-        jobs = []
-        for job_id in ids:
-            try:
-                jobs.append(self.get(job_id))
-            except NotFound:  # deleted between the two reads
-                continue
-        return total, jobs
+        return total, self.many(ids)
 
     def delete(self, job_id: str) -> None:
         job = self.get(job_id)
@@ -162,13 +168,6 @@ class JobStore:
             raise Conflict(f"job {job_id} is {job['status']}: register devices before initializing it")
         return job
 
-    def job_devices(self, job_id: str, plan: list[dict] | None = None) -> list[dict]:
-        """The devices registered for the job, then those of its plan, with their leases."""
-        own = sorted(i.decode() for i in self.r.smembers(keys.job_devices(job_id)))
-        planned = [str(s["device_id"]) for s in plan or () if s.get("device_id") is not None]
-        ids = list(dict.fromkeys(own + planned))
-        return sorted(self.devices.some(ids), key=lambda d: d.get("registered_at", 0))
-
     def busy(self, except_job: str | None = None) -> dict[str, str]:
         """Device id -> the job (initializing, training or recovering) whose plan holds it."""
         out = {}
@@ -210,6 +209,19 @@ class JobStore:
 
     def teraflops(self) -> list[dict]:
         return [json.loads(r) for r in self.r.lrange(keys.TERAFLOPS, 0, -1)]
+
+
+def _parse(raw: dict[bytes, bytes]) -> dict:
+    job = {k.decode(): v.decode() for k, v in raw.items()}
+    for field in ("config", "plan", "train_config", "final", "recoveries", "history"):
+        if job.get(field):
+            job[field] = json.loads(job[field])
+    for field in ("created_at", "updated_at"):
+        job[field] = float(job[field])
+    for field in ("step", "start_step"):  # steps trained: where the workers' state is, where a run began
+        if job.get(field):
+            job[field] = int(job[field])
+    return job
 
 
 def _sources(to: str) -> tuple[str, ...]:
