@@ -18,7 +18,7 @@ from arceus import keys
 from arceus.blobs import put_blob
 from arceus.checkpoints import CheckpointStore
 from arceus.config import JobConfig, TrainConfig
-from arceus.control.devices import LEASE_S
+from arceus.control.devices import BEAT_S, LEASE_S
 from arceus.control.jobs import JobStore
 from arceus.control.supervisor import merge_history
 from arceus.errors import ArceusError, Conflict, NotFound, UpstreamError
@@ -54,6 +54,22 @@ def _no_worker(device: dict) -> str:
 
 def _attached(r: redis.Redis, job_id: str) -> set[str]:
     return {i.decode() for i in r.smembers(keys.job_devices(job_id))}
+
+
+class _Held:
+    """A held ``redis.lock.Lock`` as a context manager that releases it (if it is still ours)."""
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.lock.release()
+        except redis.exceptions.LockError:  # expired meanwhile (30 s): nothing of ours to release
+            pass
 
 
 class Control:
@@ -104,17 +120,25 @@ class Control:
         job = self.job(job_id)
         manifest = self.checkpoints.manifest(job_id, checkpoint) if checkpoint is not None else None
         config = JobConfig.parse(job["config"])
-        chosen = self.choose_devices(job, config, devices)
-        shards = self._plan(config, chosen)
-        self.store.transition(job_id, "initializing", error="")
+        with self._plan_lock():
+            chosen = self.choose_devices(job, config, devices)
+            shards = self._plan(config, chosen)
+            self.store.transition(job_id, "initializing", error="", reserved=[s.device_id for s in shards])
         step = manifest["step"] if manifest is not None else 0
         confirmed = self._load(job_id, shards, config, seed, manifest)
         # Loaded: the checkpoints past its step saved a future that is not this one's (an
         # initialization that fails keeps them, to be loaded again).
         self.checkpoints.drop_after(job_id, step)
         stages = [s.to_dict() for s in shards]
-        self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step)
+        self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step, reserved=[])
         return {"plan": stages, "devices": confirmed, "step": step}
+
+    def _plan_lock(self):
+        """``JobStore.plan_lock``, or a 409 after waiting for it (another job is choosing devices)."""
+        lock = self.store.plan_lock()
+        if not lock.acquire():
+            raise Conflict("another job has been choosing its devices for 15 s: try again")
+        return _Held(lock)
 
     def choose_devices(self, job: dict, config: JobConfig, asked: list[str] | None = None) -> list[dict]:
         """The devices a job's plan goes over: those ``asked`` for (each must exist, be live and be
@@ -227,7 +251,8 @@ class Control:
         try:
             self.store.transition(
                 job["job_id"], "recovering", allowed_from=("training",), expect={"run_id": job["run_id"]},
-                error=reason, lost_device=device, lost_stage=stage, lost_step=step, recovering_since=time.time(),
+                error=reason, lost_device=device, lost_stage=stage, lost_step=step,
+                recovering_since=self.store.devices.now(),
             )  # fmt: skip
         except ArceusError:  # stopped, failed or finished meanwhile
             return
@@ -246,19 +271,23 @@ class Control:
                 f"{train.max_recoveries} times: initialize it again from its last checkpoint",
             )
             return
-        since = float(job["recovering_since"])
+        since, now = float(job["recovering_since"]), self.store.devices.now()  # both by Redis's clock
         planned = {s["device_id"] for s in job["plan"]}
-        devices = self._recovery_devices(job, since)
-        back = any(d["device_id"] == lost for d in devices)
-        newcomer = any(d["device_id"] not in planned for d in devices)
-        if not (back or newcomer) and time.time() - since < self.recover_wait_s:
-            return  # keep waiting
         try:
-            if not devices:
-                raise Conflict(f"{why}, and no worker of the job's devices answered within {self.recover_wait_s:.0f}s")
-            manifest, epochs = self._resume_point(job, train)
-            config = JobConfig.parse(job["config"])
-            shards = self._plan(config, devices)
+            with self._plan_lock():
+                devices = self._recovery_devices(job)
+                back = any(d["device_id"] == lost for d in devices)
+                newcomer = any(d["device_id"] not in planned for d in devices)
+                if not (back or newcomer) and now - since < self.recover_wait_s:
+                    return  # keep waiting
+                if not devices:
+                    raise Conflict(
+                        f"{why}, and no worker of the job's devices answered within {self.recover_wait_s:.0f}s"
+                    )
+                manifest, epochs = self._resume_point(job, train)
+                config = JobConfig.parse(job["config"])
+                shards = self._plan(config, devices[: len(units(config.layers))])
+                self.store.set_fields(job_id, reserved=[s.device_id for s in shards])  # ours while they load
         except ArceusError as e:
             self._fail_recovery(job_id, f"{e}: initialize it again from its last checkpoint")
             return
@@ -278,12 +307,14 @@ class Control:
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], config, resumed, tuple(shards), start_step=start)
         record = {"device_lost": lost, "stage_lost": int(job["lost_stage"]), "at_step": int(job["lost_step"]),
                   "resumed_from_step": start, "steps_redone": max(0, int(job["lost_step"]) - start),
-                  "seconds": round(time.time() - since, 2), "devices": [s.device_id for s in shards]}  # fmt: skip
+                  "seconds": round(self.store.devices.now() - since, 2),
+                  "devices": [s.device_id for s in shards]}  # fmt: skip
         try:
             self.store.transition(
                 job_id, "training", allowed_from=("recovering",), expect={"run_id": job["run_id"]},
                 run_id=spec.run_id, plan=[s.to_dict() for s in shards], train_config=resumed.to_dict(),
                 start_step=start, step=start, started_at=time.time(), recoveries=[*done, record], error="",
+                reserved=[],
             )  # fmt: skip
         except ArceusError:  # stopped meanwhile: stop wins
             return
@@ -308,20 +339,19 @@ class Control:
             return manifest, train.epochs
         return manifest, manifest["end_epoch"] - manifest["epoch"]
 
-    def _recovery_devices(self, job: dict, since: float) -> list[dict]:
+    def _recovery_devices(self, job: dict) -> list[dict]:
         """What a recovery may plan over: the job's devices (registered for it or in its plan), then
-        devices no other active job uses; each heard from since the loss (a killed worker's lease
-        outlives it by up to LEASE_S)."""
+        devices no other active job uses; each heard from within two heartbeats (a killed worker's
+        lease outlives it by up to LEASE_S, but its last beat is as old as the loss, several seconds,
+        by the time the loss is noticed)."""
         busy = self.store.busy(except_job=job["job_id"])
 
-        now = time.time()
+        def beating(d: dict) -> bool:
+            return d["alive"] and d["device_id"] not in busy and d["last_seen_s"] <= 2 * BEAT_S + 0.5
 
-        def fresh(d: dict) -> bool:  # ages are by Redis's clock; ``since`` by ours: close enough for seconds
-            return d["alive"] and d["device_id"] not in busy and now - d["last_seen_s"] >= since
-
-        own = [d for d in job["devices"] if fresh(d)]
+        own = [d for d in job["devices"] if beating(d)]
         known = {d["device_id"] for d in job["devices"]}
-        return own + [d for d in self.store.devices.live() if fresh(d) and d["device_id"] not in known]
+        return own + [d for d in self.store.devices.live() if beating(d) and d["device_id"] not in known]
 
     def _fail_recovery_from(self, status: str, job_id: str, run_id: str, reason: str) -> None:
         try:
@@ -345,12 +375,13 @@ class Control:
         start = int(job.get("step") or 0)
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages, start_step=start)
         spec.check_message_sizes(self.max_payload_elements)  # what every stage would refuse
-        self._check_devices(job, stages)
-        moved = self.store.transition(
-            job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
-            run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
-            start_step=start, recoveries=[], history={},
-        )  # fmt: skip
+        with self._plan_lock():  # no other job takes these devices between the check and the switch
+            self._check_devices(job, stages)
+            moved = self.store.transition(
+                job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
+                run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
+                start_step=start, recoveries=[], history={},
+            )  # fmt: skip
         try:
             self._send_stages(spec)
         except UpstreamError as e:  # nothing will run: the job goes back to where it was

@@ -7,6 +7,7 @@ from flask.views import MethodView
 
 from arceus.config import JobConfig
 from arceus.errors import ConfigError
+from arceus.plan.partition import units
 
 from .errors import Blueprint
 from .schemas import (
@@ -52,14 +53,16 @@ def _public(job: dict, control) -> dict:
 
 
 def _check_messages(config: JobConfig, max_elements: int) -> None:
-    """A batch of activations must fit a payload wherever the plan cuts the model: refuse at once a
-    job no split could train (the same rule every stage applies, ``RunSpec.check_message_sizes``)."""
+    """Refuse at once a job no split over two or more devices could train: a batch of activations
+    exceeds a payload even where a plan can cut the model most narrowly (every stage applies the
+    rule to its own cut, ``RunSpec.check_message_sizes``; a one-device plan sends nothing)."""
     rows = max(config.dataset.batch_size, config.dataset.val_batch_size)
-    width = max((layer.output.numel for layer in config.layers[:-1]), default=0)
-    if len(config.layers) > 1 and rows * width > max_elements:
+    cuts = [config.layers[end - 1].output.numel for _start, end in units(config.layers)[:-1]]  # where plans cut
+    if cuts and rows * min(cuts) > max_elements:
+        width = min(cuts)
         raise ConfigError(
-            "dataset_config.batch_size", f"a batch of {rows} rows x {width} values per sample (the widest layer "
-            f"output a stage may send) = {rows * width} values exceeds the payload limit of {max_elements}; "
+            "dataset_config.batch_size", f"a batch of {rows} rows x {width} values per sample (the narrowest place "
+            f"a plan can cut the model) = {rows * width} values exceeds the payload limit of {max_elements}; "
             "use smaller batches"
         )  # fmt: skip
 

@@ -24,6 +24,7 @@ __all__ = [
     "DEVICE_NAMES",
     "JOBS",
     "LAYOUT",
+    "PLAN_LOCK",
     "RESULTS_TTL_S",
     "RUN_TTL_S",
     "TERAFLOPS",
@@ -54,6 +55,7 @@ JOBS = f"{NAMESPACE}:jobs"  # sorted set: job id -> creation time
 ACTIVE_JOBS = f"{NAMESPACE}:jobs:active"  # set: the jobs initializing, training or recovering now
 DEVICES = f"{NAMESPACE}:devices"  # set of device ids
 DEVICE_NAMES = f"{NAMESPACE}:device-names"  # hash: device name -> the id holding it (names are unique)
+PLAN_LOCK = f"{NAMESPACE}:lock:plan"  # held while a job picks devices, so two never take the same ones
 TERAFLOPS = f"{NAMESPACE}:teraflops"  # list of JSON rows, one per stage of a finished run
 DEFAULT_QUEUE = NAMESPACE  # Celery's queue for a task sent to no device (none is, today)
 
@@ -180,6 +182,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (ACTIVE_JOBS, "set", "the jobs initializing, training or recovering"),
     (DEVICES, "set", "all device ids"),
     (DEVICE_NAMES, "hash", "device names and the ids holding them"),
+    (PLAN_LOCK, "string", "the lock on choosing devices"),
     (device("*"), "string", "a device's JSON record"),
     (device_beat("*"), "string", "a device's lease (its worker's heartbeat)"),
     (TERAFLOPS, "list", "per-stage TFLOP/s of finished runs"),

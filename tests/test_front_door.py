@@ -159,6 +159,23 @@ def test_every_route_needs_the_token(redis_url, tmp_path):
         )  # fmt: skip
         assert out.returncode != 0 and "401 wrong token" in out.stderr, out.stderr
         assert c.ok("GET", "/api/devices")["devices"] == []
+        # With the right token it joins, and runs on without the token in its command line.
+        home = tmp_path / "worker-home"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "arceus.cli", "worker", "--join", c.base, "--token", "s3cret-token", "--name", "w"],
+            cwd=ROOT, env={**env, "ARCEUS_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not [d for d in c.ok("GET", "/api/devices")["devices"] if d["alive"]]:
+                assert time.monotonic() < deadline and worker.poll() is None
+                time.sleep(0.2)
+            assert b"s3cret-token" not in Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+            kept = json.loads((home / "cluster.json").read_text())
+            assert kept["joined"] == {c.base: "s3cret-token"} and kept["api_url"] == c.base
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=60) == 0
         # `arceus doctor` checks the same door, and the rest of this machine.
         doctor = [sys.executable, "-m", "arceus.cli", "doctor", "--join", c.base]
         good = subprocess.run(doctor, cwd=ROOT, env=c.env, capture_output=True, text=True, timeout=120)
@@ -183,7 +200,8 @@ def test_a_sigtermed_worker_leaves_no_process_and_gives_its_device_up(cluster):
     while _processes_serving(queue) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_serving(queue) == []
-    assert cluster.call("GET", f"/api/devices/{device}")[0] == 404
+    assert not cluster.ok("GET", f"/api/devices/{device}")["alive"]  # the lease is given up at once
+    assert _devices(cluster, "mac") == [device]  # and the same name takes the device back, no waiting
 
 
 def test_a_killed_worker_comes_back_as_the_same_device(cluster):
@@ -266,3 +284,23 @@ def test_worker_redis_user_cannot_administer(tmp_path):
         assert server.password not in Path(f"/proc/{server.proc.pid}/cmdline").read_text()  # config came on stdin
     finally:
         server.stop()
+
+
+def test_a_recovery_takes_as_many_free_devices_as_the_model_can_use(cluster):
+    """Lost: one of two stages, with three devices free in the pool. The recovery plans over two of
+    them (not all four live ones, which two units cannot be split over) and the job completes."""
+    devices = _devices(cluster, "a", "b", "c", "d")
+    job_id = cluster.ok("POST", "/api/jobs", {**SMALL, "model_config": {"layer_sizes": [784, 32, 10]}})["job_id"]
+    init = cluster.ok("POST", f"/api/network/initialize/{job_id}", {"devices": devices[:2]})
+    assert [s["device_id"] for s in init["plan"]] == devices[:2]
+    cluster.ok("POST", f"/api/network/train/{job_id}", {"epochs": 150, "learning_rate": 0.1})
+    cluster.wait_for(job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2, 60, "epoch 2")
+    proc = cluster.procs.pop("device-a")
+    for pid in _processes_serving(f"device-{devices[0]}"):
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+    job = cluster.wait_for(job_id, lambda j: j["status"] not in ("training", "recovering"), 180, "the job to end")
+    assert job["status"] == "completed", job["error"]
+    (rec,) = job["recoveries"]
+    assert rec["device_lost"] == devices[0] and len(rec["devices"]) == 2 and devices[0] not in rec["devices"]

@@ -14,7 +14,7 @@ import signal
 import threading
 
 import redis
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from arceus.control.devices import DeviceBeat
 from arceus.settings import Settings
@@ -33,12 +33,16 @@ def _device_ids(consumer) -> list[str]:
     return [n.removeprefix("device-") for n in names if n.startswith("device-")]
 
 
+@worker_init.connect
+def _start_watchdog(**_: object) -> None:
+    if settings.parent_pid:  # from the start: a worker that never connects must not outlive its parent either
+        threading.Thread(target=_watch_parent, args=(settings.parent_pid,), name="arceus-parent", daemon=True).start()
+
+
 @worker_ready.connect
 def _start_beat(sender=None, **_: object) -> None:
     global _beat
     ids = _device_ids(sender)
-    if settings.parent_pid:
-        threading.Thread(target=_watch_parent, args=(settings.parent_pid,), name="arceus-parent", daemon=True).start()
     if not ids:
         return
     from arceus.engine.device import describe_machine  # noqa: PLC0415 - imports torch: workers only
@@ -49,10 +53,25 @@ def _start_beat(sender=None, **_: object) -> None:
     log.info("holding the lease of device(s) %s", ", ".join(ids))
 
 
+@worker_shutting_down.connect
+def _give_up_stages(**_: object) -> None:
+    """A warm shutdown waits for the running task, and a stage's task lasts its whole run: hand the
+    run's stage over to a recovery instead, so the shutdown takes seconds."""
+    from . import tasks  # noqa: PLC0415
+
+    if tasks._host is not None:
+        names = ", ".join(_device_ids_from_settings()) or "this device"
+        tasks._host.give_up(f"the worker of device {names} is shutting down")
+
+
 @worker_shutdown.connect
 def _stop_beat(**_: object) -> None:
     if _beat is not None:
         _beat.stop()  # the devices are not live from now on: planning skips them at once
+
+
+def _device_ids_from_settings() -> list[str]:
+    return _beat.device_ids if _beat is not None else []
 
 
 def _watch_parent(pid: int) -> None:

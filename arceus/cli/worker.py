@@ -4,8 +4,11 @@
 cluster's Redis, registers this machine in the device pool under a stable name (its host name
 by default: a worker that comes back takes its device, id and queue back), and runs
 ``celery -A workers worker -Q device-<id>``, which holds the device's lease while it serves.
-The URL and token are kept in ``$ARCEUS_HOME/cluster.json`` (0600) for the next start; no
-secret goes on a command line. SIGTERM and Ctrl-C both stop the Celery worker and unregister.
+A stopped worker gives its device's lease up; the device stays registered for its return.
+The URL and token are kept in ``$ARCEUS_HOME/cluster.json`` (0600) for the next start; a
+``--token`` given is dropped from the command line at once (the command runs again without it),
+so it is not in ``ps`` for as long as the worker serves. SIGTERM and Ctrl-C both stop the
+Celery worker (a stage it was running is handed to a recovery).
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         host = redis_url.rpartition("@")[2].split("/")[0]
         raise ApiError(f"the cluster's Redis at {host} does not answer from this machine ({e}): is its port "
                        "reachable (firewall)?") from None  # fmt: skip
-    if token and (args.api_url or args.token):
-        clusterfile.save(settings.home, api_url=url, token=token)
+    clusterfile.joined(settings.home, url, token)
+    if args.token:  # kept now: run on without it in our argv, where `ps` would show it for as long as we serve
+        argv = _without_token(sys.argv[1:])
+        os.execv(sys.executable, [sys.executable, "-m", "arceus.cli", *argv, "--join", url])
 
     from ..engine.device import describe_machine  # noqa: PLC0415 - imports torch
 
@@ -70,7 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_hook())
     stopping = []
 
-    def _stop(signum, _frame):  # SIGTERM as Ctrl-C: the worker shuts down warm, then we unregister
+    def _stop(signum, _frame):  # SIGTERM as Ctrl-C: the Celery worker shuts down warm, giving its lease up
         stopping.append(signum)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -87,12 +92,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        try:
-            client.delete(f"/api/devices/{device_id}")
-            print(f"unregistered device {device_id}", flush=True)
-        except ApiError as e:
-            print(f"note: device {device_id} stays registered: {e}", file=sys.stderr)
+    # The Celery worker gave the lease up as it stopped: planning skips the device from now on. It
+    # stays registered, so this name takes the same id (and queue) back on the next start.
+    print(f"device {device_id} stopped serving; `arceus worker` with the name {info['name']!r} takes it back "
+          f"(DELETE /api/devices/{device_id} removes it)", flush=True)  # fmt: skip
     return 0 if stopping else code
+
+
+def _without_token(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--token":
+            skip = True
+        elif not arg.startswith("--token="):
+            out.append(arg)
+    return out
 
 
 def _join(client: ApiClient, wait_s: float = 120.0) -> str:

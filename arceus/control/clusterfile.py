@@ -1,9 +1,10 @@
 """What a machine keeps to find and enter its cluster: ``$ARCEUS_HOME/cluster.json``, readable by
 its owner only (no torch).
 
-``arceus up`` creates the cluster token there once (and keeps it across restarts);
-``arceus worker --join URL --token T`` keeps the URL and token there, so the next start needs
-neither; the CLI's API calls send that token. Nothing here is ever printed in a URL.
+``token`` is the cluster token ``arceus up`` made here once (kept across restarts); it is sent
+only to this machine's own API (a loopback URL). ``joined`` maps each API URL that
+``arceus worker --join URL --token T`` entered to its token, and ``api_url`` is the last one, so
+the next start needs neither; the CLI sends each API its own token, never another's.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import json
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["ensure_token", "load", "save", "token_for"]
+__all__ = ["ensure_token", "joined", "load", "save", "token_for"]
 
 NAME = "cluster.json"
 
@@ -47,8 +49,17 @@ def ensure_token(home: Path) -> str:
     return data["token"]
 
 
+def joined(home: Path, api_url: str, token: str | None) -> None:
+    """Keep ``token`` for ``api_url``, and that URL as the one to join by default."""
+    url = api_url.rstrip("/")
+    tokens = {**load(home).get("joined", {}), **({url: token} if token else {})}
+    save(home, api_url=url, joined=tokens)
+
+
 def token_for(home: Path, api_url: str) -> str | None:
-    """The token this machine keeps for the API at ``api_url``: the one ``arceus up`` made here (its
-    own API), or the one ``arceus worker --join`` was given for that URL."""
-    data = load(home)
-    return data.get("token") if data.get("api_url") in (None, api_url.rstrip("/")) else None
+    """The token this machine keeps for the API at ``api_url``: the one it joined with, else, for
+    its own API (a loopback URL), the one ``arceus up`` made here."""
+    data, url = load(home), api_url.rstrip("/")
+    if url in data.get("joined", {}):
+        return data["joined"][url]
+    return data.get("token") if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1") else None

@@ -110,7 +110,7 @@ class DeviceRegistry:
         raw = self.r.get(keys.device(check_device_id(device_id)))
         if raw is None:
             raise NotFound(f"device {device_id} does not exist")
-        return self._with_lease(json.loads(raw), self.r.get(keys.device_beat(device_id)), self._now())
+        return self._with_lease(json.loads(raw), self.r.get(keys.device_beat(device_id)), self.now())
 
     def all(self) -> list[dict]:
         """Every registered device, with its lease (``alive``, ``worker``, ``last_seen_s``), by registration."""
@@ -123,7 +123,7 @@ class DeviceRegistry:
             return []
         raws = self.r.mget([keys.device(i) for i in ids] + [keys.device_beat(i) for i in ids])
         records, beats = raws[: len(ids)], raws[len(ids) :]
-        now, pairs = self._now(), zip(records, beats, strict=True)
+        now, pairs = self.now(), zip(records, beats, strict=True)
         return [self._with_lease(json.loads(rec), beat, now) for rec, beat in pairs if rec is not None]
 
     def live(self) -> list[dict]:
@@ -148,7 +148,7 @@ class DeviceRegistry:
         """The Celery workers whose heartbeat holds a device's lease (``device-<id>@host``)."""
         return sorted({d["worker"] for d in self.all() if d["alive"]})
 
-    def _now(self) -> float:
+    def now(self) -> float:
         """Redis's clock: heartbeats are stamped with it too, so machines' clocks never skew an age."""
         seconds, micros = self.r.time()
         return seconds + micros / 1e6
@@ -205,17 +205,21 @@ class DeviceBeat:
         log.warning("device %s was not registered (Redis lost its data?): registered it again", device_id)
 
     def start(self) -> DeviceBeat:
-        self.first_beat()
         self._thread = threading.Thread(target=self._loop, name="arceus-device-beat", daemon=True)
         self._thread.start()
         return self
 
     def _loop(self) -> None:
-        while not self._stop.wait(BEAT_S):
+        beat, first = self.first_beat, True
+        while True:
             try:
-                self.beat()
+                beat()
+                beat = self.beat
+                first = False
             except redis.RedisError as e:  # Redis down: keep trying; the lease says the rest
-                log.warning("device heartbeat failed: %s", e)
+                log.warning("device heartbeat failed%s: %s", " (the first)" if first else "", e)
+            if self._stop.wait(BEAT_S):
+                return
 
     def stop(self) -> None:
         """Stop beating and give the leases up: the devices are not live from now on."""

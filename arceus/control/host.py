@@ -39,6 +39,7 @@ class ShardHost:
         self.optimizers: dict[str, dict | None] = {}
         self.r = redis.Redis.from_url(redis_url)
         self.store = JobStore(self.r)
+        self.running: dict[int, RunSpec] = {}  # stage -> the run it is in, while a run_stage task runs
 
     def load(
         self, job_id: str, device_id: str, shard: dict, job_config: dict, seed: int, restore: bool = False
@@ -81,7 +82,11 @@ class ShardHost:
                     f"this worker holds no shard of job {spec.job_id} (was it restarted?): initialize the job again"
                 )
             runner = StageRunner(spec, stage, self.r, self.settings, model, self.optimizers.get(spec.job_id))
-            runner.run()
+            self.running[stage] = spec
+            try:
+                runner.run()
+            finally:
+                self.running.pop(stage, None)
         except RunAborted as e:
             job = self.store.get(spec.job_id)
             if job.get("run_id") != spec.run_id or job["status"] != "training":
@@ -96,6 +101,13 @@ class ShardHost:
         # The next run continues from here; the API's supervisor marks the job completed.
         self.optimizers[spec.job_id] = optimizer_state(model, runner.opt)
         return {"stage": stage, "finished": True}
+
+    def give_up(self, reason: str) -> None:
+        """This worker is shutting down: the stages it runs are lost to their runs (the API recovers
+        them on other devices), so they stop within a heartbeat instead of holding the shutdown for
+        the rest of the run."""
+        for stage, spec in list(self.running.items()):
+            RunLiveness(self.r, spec.keys).lose(stage, f"stage {stage}: {reason}")
 
     def _fail(self, spec: RunSpec, reason: str) -> None:
         RunLiveness(self.r, spec.keys).abort(reason)  # the other stages stop now, not at a timeout

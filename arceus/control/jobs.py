@@ -169,16 +169,32 @@ class JobStore:
         return job
 
     def busy(self, except_job: str | None = None) -> dict[str, str]:
-        """Device id -> the job (initializing, training or recovering) whose plan holds it."""
+        """Device id -> the job (initializing, training or recovering) whose plan holds it, or that
+        claimed it for the plan it is loading (``reserved``)."""
         out = {}
         for raw in self.r.smembers(keys.ACTIVE_JOBS):
             job_id = raw.decode()
             if job_id == except_job:
                 continue
-            plan = self.r.hget(keys.job(job_id), "plan")
-            for stage in json.loads(plan) if plan else ():
-                out[str(stage["device_id"])] = job_id
+            plan, reserved = self.r.hmget(keys.job(job_id), "plan", "reserved")
+            held = [str(stage["device_id"]) for stage in json.loads(plan or "[]")] + json.loads(reserved or "[]")
+            out.update(dict.fromkeys(held, job_id))
         return out
+
+    def index_active(self) -> None:
+        """Put every active job in ``keys.ACTIVE_JOBS`` (transitions keep it; this rebuilds it)."""
+        ids = [i.decode() for i in self.r.zrange(keys.JOBS, 0, -1)]
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(keys.job(job_id), "status")
+        active = [j for j, status in zip(ids, pipe.execute(), strict=True) if status and status.decode() in ACTIVE]
+        if active:
+            self.r.sadd(keys.ACTIVE_JOBS, *active)
+
+    def plan_lock(self):
+        """Held while a job picks its devices and claims them (``reserved``): two jobs never take the
+        same free devices."""
+        return self.r.lock(keys.PLAN_LOCK, timeout=30, blocking_timeout=15)
 
     def forget_device(self, device_id: str) -> None:
         """A device is leaving: refused while an active job's plan holds it; a ready job planned

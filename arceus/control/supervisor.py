@@ -129,6 +129,7 @@ class Supervisor:
         self.runs: dict[str, _Run] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._indexed = False
 
     def start(self) -> Supervisor:
         self._thread = threading.Thread(target=self._loop, name="arceus-supervisor", daemon=True)
@@ -156,6 +157,9 @@ class Supervisor:
         """One pass over the active jobs and those whose runs it follows: read every followed run's
         new events, finish the runs that ended, and hand lost devices and recovering jobs to the
         recoverer."""
+        if not self._indexed:  # once: jobs that were active before that set was kept (an older Arceus's)
+            self.jobs.index_active()
+            self._indexed = True
         jobs = []
         active = {i.decode() for i in self.r.smembers(keys.ACTIVE_JOBS)}
         for job_id in sorted(active | {run.spec.job_id for run in self.runs.values()}):

@@ -162,7 +162,7 @@ class EmbeddedRedis:
                 [self.binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=parent_death_hook(),
             )  # fmt: skip
-            self.proc.stdin.write("".join(f"{k} {json.dumps(v)}\n" for k, v in config.items()).encode())
+            self.proc.stdin.write("".join(f"{k} {_quote(v)}\n" for k, v in config.items()).encode())
             self.proc.stdin.close()
             if self._wait_ready():
                 atexit.register(self.stop)
@@ -220,6 +220,12 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quote(value: str) -> str:
+    """A configuration value as redis-server reads it: in double quotes, with backslashes and quotes
+    escaped; other characters (a path's UTF-8 included) as they are."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _port_free(port: object) -> bool:
