@@ -87,7 +87,7 @@ def test_stopping_and_starting_arceus_up_brings_back_every_job(tmp_path):
         job = _api(c, "GET", f"/api/jobs/{job_id}")
         assert job["status"] == "created" and job["model_config"]["layers"][1]["out_features"] == 1024
         assert [d["device_id"] for d in job["devices"]] == [device]
-        # A new device never takes an old one's id (and queue); the old name takes its own back.
+        # A new device never takes an old one's id (and queue).
         assert _api(c, "POST", "/api/devices/register", {"job_id": job_id})["device_id"] != device
 
 

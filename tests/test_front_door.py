@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,6 +183,7 @@ def test_every_route_needs_the_token(redis_url, tmp_path):
         assert good.returncode == 0, good.stdout + good.stderr
         for check in ("api", "token", "redis", "torch", "data dir", "memory"):
             assert f"ok    {check}" in good.stdout, good.stdout
+        assert re.search(r"ok    redis +127\.0\.0\.1:\d+ answers", good.stdout), good.stdout
         bad = subprocess.run([*doctor, "--token", "wrong"], cwd=ROOT, env=c.env, capture_output=True, text=True,
                              timeout=120)  # fmt: skip
         assert bad.returncode == 1 and "FAIL  token" in bad.stdout and "401 wrong token" in bad.stdout

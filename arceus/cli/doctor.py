@@ -13,6 +13,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 import redis
 
@@ -89,7 +90,7 @@ def _api(out: _Report, url: str, token: str | None) -> str | None:
 
 
 def _redis(out: _Report, url: str) -> None:
-    host = url.rpartition("@")[2].split("/")[0]
+    host = f"{urlsplit(url).hostname}:{urlsplit(url).port}"
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
         t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import redis
 
@@ -53,7 +54,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
     except redis.RedisError as e:
-        host = redis_url.rpartition("@")[2].split("/")[0]
+        host = f"{urlsplit(redis_url).hostname}:{urlsplit(redis_url).port}"
         raise ApiError(f"the cluster's Redis at {host} does not answer from this machine ({e}): is its port "
                        "reachable (firewall)?") from None  # fmt: skip
     clusterfile.joined(settings.home, url, token)
