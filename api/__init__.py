@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import redis
-from flask import Flask
+from flask import Flask, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
 
 from arceus.settings import Settings
 
 __all__ = ["create_app"]
+
+SWAGGER_ASSETS = "/api/docs/assets"
 
 # 64 KiB: a job config is a few hundred bytes; nothing legitimate comes close.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -35,7 +38,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Swagger UI's assets from the swagger-ui-bundle wheel, served here: the page works offline.
+        OPENAPI_SWAGGER_UI_URL=f"{SWAGGER_ASSETS}/",
+        # Swagger UI's Authorize button sends the cluster token as every route but health needs it.
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"token": []}],
+        },
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         JSON_SORT_KEYS=False,
         ARCEUS_SETTINGS=settings,
@@ -50,5 +59,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["arceus"] = Control(r, make_celery(settings), settings)
     for blp in (cluster.blp, jobs.blp, devices.blp, devices.workers_blp, network.blp):
         api.register_blueprint(blp)
+
+    @app.get(f"{SWAGGER_ASSETS}/<path:name>")
+    def _swagger_asset(name: str):
+        return send_from_directory(swagger_ui_path, name, max_age=86400)
+
     document_model_config(api)
     return app

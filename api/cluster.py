@@ -18,6 +18,7 @@ blp = Blueprint("cluster", __name__, url_prefix="/api", description="Health, and
 class Health(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Redis does not answer")
+    @blp.doc(security=[])
     def get(self):
         """Whether the API and its Redis answer (the one route that needs no token)."""
         control = current_app.extensions["arceus"]

@@ -440,3 +440,19 @@ def test_a_run_whose_workers_are_all_gone_fails_instead_of_hanging(redis_url, tm
         assert f"devices ['{dev['device_id']}'] up?" in job["error"]
     finally:
         c.stop_all()
+
+
+def test_the_swagger_page_needs_nothing_from_the_internet(cluster):
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(cluster.base + "/api/docs", timeout=10) as resp:
+        html = resp.read().decode()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert refs and all(ref.startswith("/api/docs/assets/") for ref in refs), refs
+    for ref in refs:
+        with urllib.request.urlopen(cluster.base + ref, timeout=10) as resp:
+            assert resp.status == 200 and len(resp.read()) > 1000, ref
+    doc = cluster.ok("GET", "/api/openapi.json")  # its Authorize button sends the token
+    assert doc["components"]["securitySchemes"]["token"] == {"type": "http", "scheme": "bearer"}
+    assert doc["paths"]["/api/health"]["get"]["security"] == []
