@@ -74,3 +74,12 @@ def test_train_with_a_bad_job_file_says_what_is_wrong(tmp_path):
                          env=_env(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2
     assert "error: model_config.layer_sizes: needs between 2 and 257 entries, got 1" in out.stderr
+
+
+def test_arceus_alone_prints_help_and_version_works(tmp_path):
+    alone = subprocess.run([sys.executable, "-m", "arceus.cli"], env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert alone.returncode == 0 and alone.stdout.startswith("usage: arceus") and "doctor" in alone.stdout
+    version = subprocess.run([sys.executable, "-m", "arceus.cli", "--version"], env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert version.returncode == 0 and re.fullmatch(r"arceus \d+\.\d+\.\d+\n", version.stdout), version.stdout

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from .. import __version__
 from ..errors import ArceusError
 from . import cluster, doctor, jobs, train, worker
 
@@ -20,7 +21,8 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arceus", description="Train one PyTorch model split by layers across machines.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"arceus {__version__}")
+    sub = p.add_subparsers(dest="command")
     for group in (train, cluster, worker, jobs, doctor):
         group.add_commands(sub)
     return p
@@ -28,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `arceus` alone: what it can do
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except ArceusError as e:
