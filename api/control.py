@@ -18,7 +18,7 @@ from arceus import keys
 from arceus.blobs import put_blob
 from arceus.checkpoints import CheckpointStore
 from arceus.config import JobConfig, TrainConfig
-from arceus.control.devices import BEAT_S, LEASE_S
+from arceus.control.devices import LEASE_S
 from arceus.control.jobs import JobStore
 from arceus.control.supervisor import merge_history
 from arceus.errors import ArceusError, Conflict, NotFound, UpstreamError
@@ -275,7 +275,7 @@ class Control:
         planned = {s["device_id"] for s in job["plan"]}
         try:
             with self._plan_lock():
-                devices = self._recovery_devices(job)
+                devices = self._recovery_devices(job, since, now)
                 back = any(d["device_id"] == lost for d in devices)
                 newcomer = any(d["device_id"] not in planned for d in devices)
                 if not (back or newcomer) and now - since < self.recover_wait_s:
@@ -339,19 +339,21 @@ class Control:
             return manifest, train.epochs
         return manifest, manifest["end_epoch"] - manifest["epoch"]
 
-    def _recovery_devices(self, job: dict) -> list[dict]:
-        """What a recovery may plan over: the job's devices (registered for it or in its plan), then
-        devices no other active job uses; each heard from within two heartbeats (a killed worker's
-        lease outlives it by up to LEASE_S, but its last beat is as old as the loss, several seconds,
-        by the time the loss is noticed)."""
-        busy = self.store.busy(except_job=job["job_id"])
+    def _recovery_devices(self, job: dict, since: float, now: float) -> list[dict]:
+        """What a recovery may plan over: the job's live devices (registered for it or in its plan),
+        then live devices no other active job uses. The lost device counts only once it is heard
+        from after the loss: a killed worker's lease outlives it by up to LEASE_S. (``since`` and
+        ``now`` are Redis's clock, as the leases' ages are.)"""
+        busy, lost = self.store.busy(except_job=job["job_id"]), str(job["lost_device"])
 
-        def beating(d: dict) -> bool:
-            return d["alive"] and d["device_id"] not in busy and d["last_seen_s"] <= 2 * BEAT_S + 0.5
+        def usable(d: dict) -> bool:
+            if not d["alive"] or d["device_id"] in busy:
+                return False
+            return d["device_id"] != lost or now - d["last_seen_s"] > since
 
-        own = [d for d in job["devices"] if beating(d)]
+        own = [d for d in job["devices"] if usable(d)]
         known = {d["device_id"] for d in job["devices"]}
-        return own + [d for d in self.store.devices.live() if beating(d) and d["device_id"] not in known]
+        return own + [d for d in self.store.devices.live() if usable(d) and d["device_id"] not in known]
 
     def _fail_recovery_from(self, status: str, job_id: str, run_id: str, reason: str) -> None:
         try:
