@@ -6,9 +6,11 @@ tensors) and keeps every bit of state in Redis through ``arceus.control.jobs.Job
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 
 import redis
 from celery import Celery
@@ -50,26 +52,6 @@ def _capacity(device: dict) -> int | None:
 def _no_worker(device: dict) -> str:
     return (f"no worker has served it for {LEASE_S:.0f}s (start `arceus worker`, or "
             f"`celery -A workers worker -Q {device['queue']}` for a device registered by hand)")  # fmt: skip
-
-
-def _attached(r: redis.Redis, job_id: str) -> set[str]:
-    return {i.decode() for i in r.smembers(keys.job_devices(job_id))}
-
-
-class _Held:
-    """A held ``redis.lock.Lock`` as a context manager that releases it (if it is still ours)."""
-
-    def __init__(self, lock) -> None:
-        self.lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.lock.release()
-        except redis.exceptions.LockError:  # expired meanwhile (30 s): nothing of ours to release
-            pass
 
 
 class Control:
@@ -133,12 +115,18 @@ class Control:
         self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step, reserved=[])
         return {"plan": stages, "devices": confirmed, "step": step}
 
-    def _plan_lock(self):
-        """``JobStore.plan_lock``, or a 409 after waiting for it (another job is choosing devices)."""
+    @contextlib.contextmanager
+    def _plan_lock(self) -> Iterator[None]:
+        """``JobStore.plan_lock`` for the block, or a 409 after waiting for it (another job is choosing
+        devices)."""
         lock = self.store.plan_lock()
         if not lock.acquire():
             raise Conflict("another job has been choosing its devices for 15 s: try again")
-        return _Held(lock)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile (30 s): not ours now
+                lock.release()
 
     def choose_devices(self, job: dict, config: JobConfig, asked: list[str] | None = None) -> list[dict]:
         """The devices a job's plan goes over: those ``asked`` for (each must exist, be live and be
@@ -158,7 +146,7 @@ class Control:
                 if d["device_id"] in busy:
                     raise Conflict(f"device {d['device_id']} serves job {busy[d['device_id']]}, which is active")
             return devices
-        own = sorted(self.store.devices.some(sorted(_attached(self.r, job_id))), key=lambda d: d["registered_at"])
+        own = self.store.registered_devices(job_id)
         if own:
             live = [d for d in own if d["alive"] and d["device_id"] not in busy]
             if not live:
@@ -322,7 +310,7 @@ class Control:
             self._send_stages(spec)
         except UpstreamError as e:
             RunLiveness(self.r, spec.keys).abort(str(e))
-            self._fail_recovery_from("training", job_id, spec.run_id, f"{why}, and {e}")
+            self._fail_recovery(job_id, f"{why}, and {e}", status="training", run_id=spec.run_id)
             return
         log.warning("job %s: recovered on devices %s from step %d", job_id, record["devices"], start)
 
@@ -355,15 +343,11 @@ class Control:
         known = {d["device_id"] for d in job["devices"]}
         return own + [d for d in self.store.devices.live() if usable(d) and d["device_id"] not in known]
 
-    def _fail_recovery_from(self, status: str, job_id: str, run_id: str, reason: str) -> None:
+    def _fail_recovery(self, job_id: str, reason: str, status: str = "recovering", run_id: str | None = None) -> None:
+        """Fail the job from ``status`` (and its run ``run_id``, if given), unless it moved on."""
+        expect = {"run_id": run_id} if run_id is not None else None
         try:
-            self.store.transition(job_id, "failed", allowed_from=(status,), expect={"run_id": run_id}, error=reason)
-        except ArceusError:
-            pass
-
-    def _fail_recovery(self, job_id: str, reason: str) -> None:
-        try:
-            self.store.transition(job_id, "failed", allowed_from=("recovering",), error=reason)
+            self.store.transition(job_id, "failed", allowed_from=(status,), expect=expect, error=reason)
         except ArceusError:
             pass
 

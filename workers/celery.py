@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import redis
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
@@ -60,7 +61,7 @@ def _give_up_stages(**_: object) -> None:
     from . import tasks  # noqa: PLC0415
 
     if tasks._host is not None:
-        names = ", ".join(_device_ids_from_settings()) or "this device"
+        names = ", ".join(_beat.device_ids) if _beat is not None else "this device"
         tasks._host.give_up(f"the worker of device {names} is shutting down")
 
 
@@ -70,14 +71,10 @@ def _stop_beat(**_: object) -> None:
         _beat.stop()  # the devices are not live from now on: planning skips them at once
 
 
-def _device_ids_from_settings() -> list[str]:
-    return _beat.device_ids if _beat is not None else []
-
-
 def _watch_parent(pid: int) -> None:
     """Shut down (warm: the lease is given up) once the process that started us is gone."""
-    stop = threading.Event()
-    while not stop.wait(1.0):
+    while True:
+        time.sleep(1.0)
         if os.getppid() != pid:
             log.warning("the process that started this worker (pid %d) is gone: shutting down", pid)
             os.kill(os.getpid(), signal.SIGTERM)

@@ -46,9 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(device=args.device)
-    kept = clusterfile.load(settings.home)
-    url = (args.api_url or kept.get("api_url") or settings.api_url).rstrip("/")
-    token = args.token or settings.token or clusterfile.token_for(settings.home, url)
+    url, token = clusterfile.join_target(settings.home, settings.api_url, args.api_url, args.token or settings.token)
     client = ApiClient(url, timeout_s=30, token=token)
     redis_url = _join(client)
     try:

@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["ensure_token", "joined", "load", "save", "token_for"]
+__all__ = ["ensure_token", "join_target", "joined", "load", "save", "token_for"]
 
 NAME = "cluster.json"
 
@@ -63,3 +63,12 @@ def token_for(home: Path, api_url: str) -> str | None:
     if url in data.get("joined", {}):
         return data["joined"][url]
     return data.get("token") if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1") else None
+
+
+def join_target(
+    home: Path, default_url: str, url: str | None = None, token: str | None = None
+) -> tuple[str, str | None]:
+    """Where ``arceus worker`` and ``arceus doctor`` go: ``url``, else the API this machine joined
+    last, else ``default_url``; with ``token``, else the one kept for that API."""
+    target = (url or load(home).get("api_url") or default_url).rstrip("/")
+    return target, token or token_for(home, target)

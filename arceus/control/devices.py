@@ -146,7 +146,7 @@ class DeviceRegistry:
 
     def workers(self) -> list[str]:
         """The Celery workers whose heartbeat holds a device's lease (``device-<id>@host``)."""
-        return sorted({d["worker"] for d in self.all() if d["alive"]})
+        return sorted({d["worker"] for d in self.live()})
 
     def now(self) -> float:
         """Redis's clock: heartbeats are stamped with it too, so machines' clocks never skew an age."""
@@ -174,8 +174,7 @@ class DeviceBeat:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
-        seconds, micros = self.r.time()  # Redis's clock, as every reader's
-        value = json.dumps({"worker": self.worker, "pid": os.getpid(), "at": seconds + micros / 1e6})
+        value = json.dumps({"worker": self.worker, "pid": os.getpid(), "at": self.registry.now()})  # Redis's clock
         for device_id in self.device_ids:
             pipe = self.r.pipeline()
             pipe.set(keys.device_beat(device_id), value, px=int(LEASE_S * 1000))

@@ -168,6 +168,11 @@ class JobStore:
             raise Conflict(f"job {job_id} is {job['status']}: register devices before initializing it")
         return job
 
+    def registered_devices(self, job_id: str) -> list[dict]:
+        """The devices registered for the job (the original flow), by registration, with their leases."""
+        ids = sorted(i.decode() for i in self.r.smembers(keys.job_devices(job_id)))
+        return sorted(self.devices.some(ids), key=lambda d: d.get("registered_at", 0))
+
     def busy(self, except_job: str | None = None) -> dict[str, str]:
         """Device id -> the job (initializing, training or recovering) whose plan holds it, or that
         claimed it for the plan it is loading (``reserved``)."""
