@@ -6,7 +6,10 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+from conftest import write_mnist
 
 from arceus.control.client import ApiClient
 from arceus.launch.control_plane import LocalCluster
@@ -25,6 +28,21 @@ class Cluster(LocalCluster):
         super().__init__(settings, port=free_port(), logs=logs)
         self.base = self.api_url
         self.api = ApiClient(self.base, timeout_s=60, token=token)
+
+    @classmethod
+    def serving(
+        cls, redis_url: str, tmp_path: Path, mnist: tuple[int, int] | None = (6000, 1000), **settings: object
+    ) -> Iterator[Cluster]:
+        """A test's cluster with its API up (``settings`` override the API's), stopped after; data
+        under ``tmp_path/data``: MNIST-format files of ``mnist`` (training, validation) samples."""
+        if mnist is not None:
+            write_mnist(tmp_path / "data", n_train=mnist[0], n_val=mnist[1])
+        c = cls(redis_url, tmp_path / "data", tmp_path)
+        try:
+            c.start_api(**settings)
+            yield c
+        finally:
+            c.stop_all()
 
     @property
     def env(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from cluster import Cluster, free_port
-from conftest import unlisted_keys, write_corpus, write_mnist
+from conftest import unlisted_keys, write_corpus
 
 from arceus import keys
 from arceus.control.jobs import JobStore
@@ -23,12 +23,7 @@ SEED_JOB = {
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
-    data = tmp_path / "data"
-    write_mnist(data)  # 6,000 learnable MNIST-format training samples
-    c = Cluster(redis_url, data, tmp_path)
-    c.start_api()
-    yield c
-    c.stop_all()
+    yield from Cluster.serving(redis_url, tmp_path)  # 6,000 learnable MNIST-format training samples
 
 
 def _job_with_workers(c: Cluster, n: int = 3, job: dict = SEED_JOB) -> tuple[str, list[str]]:

@@ -172,10 +172,7 @@ def test_checkpoints_every_n_steps_resume_inside_an_epoch(redis_url, settings):
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
-    c = Cluster(redis_url, tmp_path / "data", tmp_path)
-    c.start_api()
-    yield c
-    c.stop_all()
+    yield from Cluster.serving(redis_url, tmp_path, mnist=None)
 
 
 def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_reported(cluster, redis_url, settings):

@@ -93,11 +93,7 @@ def test_stopping_and_starting_arceus_up_brings_back_every_job(tmp_path):
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
-    write_mnist(tmp_path / "data", n_train=4800, n_val=500)
-    c = Cluster(redis_url, tmp_path / "data", tmp_path)
-    c.start_api()
-    yield c
-    c.stop_all()
+    yield from Cluster.serving(redis_url, tmp_path, mnist=(4800, 500))
 
 
 def test_killing_the_api_mid_run_loses_nothing(cluster):

@@ -28,11 +28,7 @@ SMALL = {"model_config": {"layer_sizes": [784, 32, 16, 10]}, "dataset_config": {
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
-    write_mnist(tmp_path / "data", n_train=1200, n_val=200)
-    c = Cluster(redis_url, tmp_path / "data", tmp_path)
-    c.start_api()
-    yield c
-    c.stop_all()
+    yield from Cluster.serving(redis_url, tmp_path, mnist=(1200, 200))
 
 
 def _devices(c: Cluster, *names: str) -> list[str]:

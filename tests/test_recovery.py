@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 from cluster import Cluster
-from conftest import write_mnist
 from torch.testing import assert_close
 
 from arceus import load_model
@@ -32,11 +31,7 @@ TRAIN = {"epochs": 4, "optimizer": "adamw", "learning_rate": 0.003, "wire": "fp3
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
-    write_mnist(tmp_path / "data", n_train=4800, n_val=500)
-    c = Cluster(redis_url, tmp_path / "data", tmp_path)
-    c.start_api(recover_wait_s=45)
-    yield c
-    c.stop_all()
+    yield from Cluster.serving(redis_url, tmp_path, mnist=(4800, 500), recover_wait_s=45)
 
 
 def _register(c: Cluster, job_id: str, name: str) -> str:
