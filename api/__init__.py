@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import redis
 from flask import Flask, send_from_directory
@@ -13,6 +14,8 @@ from arceus.settings import Settings
 __all__ = ["create_app"]
 
 SWAGGER_ASSETS = "/api/docs/assets"
+# The dashboard's page, script and style: files of ours, served as they are (no build step).
+DASHBOARD = Path(__file__).parent / "dashboard"
 
 # 64 KiB: a job config is a few hundred bytes; nothing legitimate comes close.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -22,9 +25,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The API for ``settings`` (default: from the environment). Imports no torch."""
     from workers import DEFAULT_REDIS_URL, make_celery  # noqa: PLC0415 - imported on demand: no torch
 
-    from . import cluster, devices, jobs, network  # noqa: PLC0415
+    from . import cluster, devices, events, jobs, network  # noqa: PLC0415
     from .control import Control  # noqa: PLC0415
     from .errors import ArceusApi, register_error_handlers, require_token  # noqa: PLC0415
+    from .monitoring import install_metrics  # noqa: PLC0415
     from .schemas import document, document_model_config  # noqa: PLC0415
 
     settings = settings or Settings.from_env()
@@ -52,13 +56,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = ArceusApi(app)
     document(app, api)
     register_error_handlers(app)
-    if settings.token:
-        require_token(app, settings.token, public=("/api/health",))
     # Bounded waits: a request that needs Redis while it is down gets a 503 in seconds, not a hang.
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
     app.extensions["arceus"] = Control(r, make_celery(settings), settings)
-    for blp in (cluster.blp, jobs.blp, devices.blp, devices.workers_blp, network.blp):
+    install_metrics(app, app.extensions["arceus"])  # first: it times the token check too
+    if settings.token:
+        # The dashboard's page and assets are public (they hold no data); it signs in for the rest.
+        require_token(app, settings.token, ("/api/health", "/api/session", "/", "/dashboard"), ("/dashboard/",))
+    for blp in (cluster.blp, jobs.blp, events.blp, devices.blp, devices.workers_blp, network.blp):
         api.register_blueprint(blp)
+
+    @app.get("/")
+    @app.get("/dashboard")
+    def _dashboard():
+        return send_from_directory(DASHBOARD, "index.html", max_age=0)
+
+    @app.get("/dashboard/assets/<path:name>")
+    def _dashboard_asset(name: str):
+        return send_from_directory(DASHBOARD, name, max_age=0)
 
     @app.get(f"{SWAGGER_ASSETS}/<path:name>")
     def _swagger_asset(name: str):

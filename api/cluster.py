@@ -5,13 +5,17 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from flask import current_app, request
+from flask import current_app, jsonify, request
 from flask.views import MethodView
 
-from .errors import Blueprint
-from .schemas import HealthSchema, JoinSchema
+from arceus import __version__
 
-blp = Blueprint("cluster", __name__, url_prefix="/api", description="Health, and joining the cluster")
+from .errors import TOKEN_COOKIE, Blueprint, token_matches
+from .schemas import ClusterSchema, HealthSchema, JoinSchema, MessageSchema, SessionSchema
+
+blp = Blueprint("cluster", __name__, url_prefix="/api", description="Health, signing in, joining the cluster")
+
+SESSION_DAYS = 30
 
 
 @blp.route("/health")
@@ -27,6 +31,44 @@ class Health(MethodView):
         except redis.RedisError as e:
             return {"status": "unavailable", "redis": f"{type(e).__name__}: {e}"}, 503
         return {"status": "ok", "redis": "ok"}
+
+
+@blp.route("/session")
+class Session(MethodView):
+    @blp.arguments(SessionSchema)
+    @blp.response(200, MessageSchema)
+    @blp.alt_response(401, schema=MessageSchema, description="not the cluster token")
+    @blp.doc(security=[])
+    def post(self, body):
+        """Sign a browser in: with the cluster token, the answer sets an HttpOnly, SameSite=Strict
+        cookie that stands for the token on every later request (the dashboard and /api/docs)."""
+        token = current_app.config["ARCEUS_SETTINGS"].token
+        if token is None:
+            return {"message": "this API needs no token (it serves this machine only)"}
+        if not token_matches(body["token"], token):
+            return {"code": 401, "status": "Unauthorized", "message": "wrong token: `arceus up` printed it, and "
+                    "keeps it in $ARCEUS_HOME/cluster.json"}, 401  # fmt: skip
+        response = jsonify({"message": "signed in"})
+        response.set_cookie(TOKEN_COOKIE, token, max_age=SESSION_DAYS * 86400, httponly=True, samesite="Strict",
+                            secure=request.is_secure)  # fmt: skip
+        return response
+
+    @blp.response(200, MessageSchema)
+    @blp.doc(security=[])
+    def delete(self):
+        """Sign the browser out (forget the cookie)."""
+        response = jsonify({"message": "signed out"})
+        response.delete_cookie(TOKEN_COOKIE, httponly=True, samesite="Strict")
+        return response
+
+
+@blp.route("/cluster")
+class Cluster(MethodView):
+    @blp.response(200, ClusterSchema)
+    def get(self):
+        """What the dashboard shows of the cluster itself: the version, and where Flower runs."""
+        settings = current_app.config["ARCEUS_SETTINGS"]
+        return {"version": __version__, "flower_url": settings.flower_url, "token_required": bool(settings.token)}
 
 
 @blp.route("/cluster/join")

@@ -13,7 +13,15 @@ from webargs.flaskparser import FlaskParser
 
 from arceus.errors import ArceusError, ConfigError, Conflict, NotFound, PartitionError, UpstreamError
 
-__all__ = ["ArceusApi", "BadRequestParser", "Blueprint", "register_error_handlers", "require_token"]
+__all__ = [
+    "TOKEN_COOKIE",
+    "ArceusApi",
+    "BadRequestParser",
+    "Blueprint",
+    "register_error_handlers",
+    "require_token",
+    "token_matches",
+]
 
 
 class BadRequestParser(FlaskParser):
@@ -58,19 +66,31 @@ def _json(status: int, message: str, **extra: object):
     return {"code": status, "status": names.get(status, "Error"), "message": message, **extra}, status
 
 
-def require_token(app: Flask, token: str, public: tuple[str, ...]) -> None:
-    """Every request but those to ``public`` paths carries ``Authorization: Bearer <token>``, or
-    gets a 401 (compared in constant time)."""
-    expected = f"Bearer {token}".encode()
+# The browser's copy of the token (set by POST /api/session): HttpOnly, so page scripts cannot
+# read it, and SameSite=Strict, so no other site's page can make a request that carries it.
+TOKEN_COOKIE = "arceus_token"
+
+
+def token_matches(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def require_token(app: Flask, token: str, public: tuple[str, ...], public_under: tuple[str, ...] = ()) -> None:
+    """Every request but those to ``public`` paths and paths under ``public_under`` carries
+    ``Authorization: Bearer <token>`` or the session cookie, or gets a 401 (compared in constant
+    time)."""
 
     @app.before_request
     def _authenticate():
-        if request.path in public:
+        if request.path in public or request.path.startswith(public_under):
             return None
-        given = request.headers.get("Authorization", "").encode()
-        if hmac.compare_digest(given, expected):
+        header = request.headers.get("Authorization", "")
+        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else None
+        if given is None and request.cookies.get(TOKEN_COOKIE):
+            given = request.cookies[TOKEN_COOKIE]
+        if given is not None and token_matches(given, token):
             return None
-        why = "wrong token" if given else "no token"
+        why = "wrong token" if (given or header) else "no token"
         body, status = _json(401, f"{why}: send the cluster token as `Authorization: Bearer <token>` "
                                   "(`arceus up` keeps it in $ARCEUS_HOME/cluster.json)")  # fmt: skip
         return body, status, {"WWW-Authenticate": 'Bearer realm="arceus"'}

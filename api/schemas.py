@@ -57,10 +57,13 @@ def document_model_config(api) -> None:
 
 
 __all__ = [
+    "ClusterSchema",
+    "SessionSchema",
     "DeviceRegisterSchema",
     "DeviceRegisteredSchema",
     "DeviceSchema",
     "DevicesSchema",
+    "FeedQuerySchema",
     "HealthSchema",
     "InitializeSchema",
     "InitializedSchema",
@@ -70,6 +73,7 @@ __all__ = [
     "JobsSchema",
     "JoinSchema",
     "ListQuerySchema",
+    "ModelQuerySchema",
     "MessageSchema",
     "MetricsSchema",
     "TeraflopsSchema",
@@ -207,6 +211,19 @@ class ListQuerySchema(_Strict):
     limit = fields.Integer(validate=validate.Range(1, 500), load_default=50)
 
 
+class SessionSchema(_Strict):
+    token = fields.String(
+        required=True, validate=validate.Length(1, 200), metadata={"description": "the cluster token"}
+    )
+
+
+class FeedQuerySchema(_Strict):
+    after = fields.String(
+        validate=validate.Length(0, 200), load_default=None,
+        metadata={"description": "resume after this event id, as Last-Event-ID does (which wins)"},
+    )  # fmt: skip
+
+
 class ModelQuerySchema(_Strict):
     checkpoint = _checkpoint_field("which checkpoint", load_default="latest")
 
@@ -243,6 +260,12 @@ class MessageSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(metadata={"description": "ok, or unavailable"})
     redis = fields.String(metadata={"description": "ok, or why Redis does not answer"})
+
+
+class ClusterSchema(Schema):
+    version = fields.String()
+    flower_url = fields.String(allow_none=True, metadata={"description": "Flower, where it runs beside the API"})
+    token_required = fields.Boolean(metadata={"description": "whether requests need the cluster token"})
 
 
 class JoinSchema(Schema):

@@ -36,6 +36,7 @@ __all__ = [
     "describe",
     "job",
     "job_devices",
+    "job_events",
     "job_pattern",
     "queue_for",
     "restore",
@@ -63,6 +64,12 @@ DEFAULT_QUEUE = NAMESPACE  # Celery's queue for a task sent to no device (none i
 def job(job_id: str) -> str:
     """Hash: the job's status, config, plan, run id, error, timestamps."""
     return f"{NAMESPACE}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: the job's state changes (JSON: status from, to, run id, error), in order; with its
+    runs' event streams, the job's live feed (``events.JobFeed``)."""
+    return f"{job(job_id)}:events"
 
 
 def job_pattern(job_id: str) -> str:
@@ -178,6 +185,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (JOBS, "zset", "job ids by creation time"),
     (job("*"), "hash", "a job's status, config, plan, run id, error"),
     (job_devices("*"), "set", "the devices registered for a job"),
+    (job_events("*"), "stream", "a job's state changes"),
     (restore("*", "*"), "list", "the checkpoint slice a stage loads next"),
     (ACTIVE_JOBS, "set", "the jobs initializing, training or recovering"),
     (DEVICES, "set", "all device ids"),

@@ -64,6 +64,8 @@ class Settings:
     max_params: int = field(default=2_000_000_000, metadata={"env": "ARCEUS_MAX_PARAMS"})
     # Where `arceus status`, `jobs` and `worker` find the API.
     api_url: str = field(default="http://127.0.0.1:4000", metadata={"env": "ARCEUS_API_URL"})
+    # Where Flower runs beside the API (`arceus up --flower` sets it): the dashboard links to it.
+    flower_url: str | None = field(default=None, metadata={"env": "ARCEUS_FLOWER_URL"})
     # Set by `arceus worker` for its Celery worker: the worker shuts down when that process is gone
     # (a watchdog that works on macOS too; Linux also has the kernel's parent-death signal).
     parent_pid: int | None = field(default=None, metadata={"env": "ARCEUS_PARENT_PID"})

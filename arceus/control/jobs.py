@@ -61,6 +61,7 @@ class JobStore:
                      "created_at": now, "updated_at": now, "error": ""},
         )  # fmt: skip
         pipe.zadd(keys.JOBS, {job_id: now})
+        _state_event(pipe, job_id, None, "created", "", "")
         pipe.execute()
         return job_id
 
@@ -138,6 +139,8 @@ class JobStore:
                     mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()})
                     pipe.multi()
                     pipe.hset(key, mapping=mapping)
+                    new_run = str(fields.get("run_id", run_id))
+                    _state_event(pipe, job_id, current, to, new_run, str(fields.get("error", "")))
                     if to in ACTIVE:
                         pipe.sadd(keys.ACTIVE_JOBS, job_id)
                     else:
@@ -230,6 +233,17 @@ class JobStore:
 
     def teraflops(self) -> list[dict]:
         return [json.loads(r) for r in self.r.lrange(keys.TERAFLOPS, 0, -1)]
+
+
+# A job's state stream keeps its last transitions; a job makes a handful per run.
+STATE_EVENTS_KEPT = 1000
+
+
+def _state_event(pipe: redis.client.Pipeline, job_id: str, before: str | None, to: str, run: str, error: str) -> None:
+    """Queue the job's state change on its event stream (in the transition's own transaction)."""
+    event = {"type": "state", "time": _now(), "from": before, "status": to, "run_id": run or None,
+             "error": error or None}  # fmt: skip
+    pipe.xadd(keys.job_events(job_id), {"e": json.dumps(event)}, maxlen=STATE_EVENTS_KEPT, approximate=True)
 
 
 def _parse(raw: dict[bytes, bytes]) -> dict:
