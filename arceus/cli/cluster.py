@@ -11,11 +11,10 @@ from dataclasses import replace
 
 from ..config import DatasetConfig, ModelConfig, seed_job
 from ..control import clusterfile
-from ..control.client import ApiClient
 from ..errors import DatasetUnavailable
 from ..launch.control_plane import LocalCluster, lan_address
 from ..settings import Settings
-from .jobs import bar
+from .follow import follow
 from .options import add_train_options, train_config
 
 __all__ = ["add_commands"]
@@ -42,20 +41,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     # The token is made once and kept in $ARCEUS_HOME/cluster.json (0600): the same across restarts.
     # Loopback-only may run open; served to the LAN, every request but the health check needs it.
     token = settings.token or clusterfile.ensure_token(settings.home)
-    settings = replace(settings, token=token if lan else None)
+    here = lan_address() if lan else "127.0.0.1"
+    # The dashboard links to Flower: the API learns where it runs before it starts.
+    flower = f"http://{here}:{args.flower_port}" if args.flower else None
+    settings = replace(settings, token=token if lan else None, flower_url=flower)
     try:  # Ctrl-C at any moment, during start-up too, stops everything started here
         with LocalCluster(settings, host=args.host, port=args.port, persist=True) as cluster:
-            here = lan_address() if lan else "127.0.0.1"
             api = f"http://{here}:{cluster.port}"
-            print(f"API        {api}/api   (docs: /api/docs, OpenAPI: /api/openapi.json, health: /api/health)")
+            print(f"Dashboard  {api}/" + ("   (sign in with the token below)" if lan else ""))
+            print(f"API        {api}/api   (docs: /api/docs, OpenAPI: /api/openapi.json, health: /api/health, "
+                  "Prometheus: /metrics)")  # fmt: skip
             print(f"Data       {settings.home}  (jobs: redis/, append-only; checkpoints: checkpoints/; "
                   "the token: cluster.json)")  # fmt: skip
             if args.flower:  # behind the same secret: Flower's basic auth, user arceus, the token as password
                 auth = {"FLOWER_BASIC_AUTH": f"arceus:{token}"} if lan else {}
-                print(
-                    f"Flower     {cluster.start_flower(args.flower_port, **auth)}"
-                    + ("  (user arceus, the token)" if lan else "")
-                )
+                cluster.start_flower(args.flower_port, **auth)
+                print(f"Flower     {flower}" + ("  (user arceus, the token)" if lan else ""))
             print("\nOn each machine that should hold layers (this one included), once:")
             print(f"  arceus worker --join {api}" + (f" --token {token}" if lan else ""))
             print("It joins the device pool and serves any job; initialize plans over the free live devices.")
@@ -99,9 +100,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for s in init["plan"]:
             print(f"  stage {s['stage']}: layers [{s['start_layer']}, {s['end_layer']}) on device {s['device_id']}")
         body = {"epochs": train.epochs, "learning_rate": train.learning_rate, "wire": train.wire}
-        client.post(f"/api/network/train/{job_id}", body)
-        print(f"POST /api/network/train/{job_id} {json.dumps(body)}\n")
-        final = _follow(client, job_id)
+        run_id = client.post(f"/api/network/train/{job_id}", body)["run_id"]
+        print(f"POST /api/network/train/{job_id} {json.dumps(body)}")
+        print(f"(the dashboard: {cluster.api_url}/#/jobs/{job_id}; the live feed: GET /api/jobs/{job_id}/events)\n")
+        final = follow(client, job_id, run_id=run_id)
         metrics = client.get(f"/api/jobs/{job_id}/metrics")
         tf = [r for r in client.get("/api/previous_teraflops")["teraflops"] if r["job_id"] == job_id]
     if final["status"] != "completed":
@@ -118,22 +120,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"({s['bytes_raw'] / max(s['bytes_wire'], 1):.1f}x less than fp32), "
               f"{row.get('teraflops', 0) * 1e3:.1f} GFLOP/s")  # fmt: skip
     return 0
-
-
-def _follow(client: ApiClient, job_id: str) -> dict:
-    tty = sys.stdout.isatty()
-    seen = 0
-    while True:
-        job = client.get(f"/api/jobs/{job_id}")
-        for e in client.get(f"/api/jobs/{job_id}/metrics")["epochs"][seen:]:
-            seen += 1
-            print(f"{chr(13) + chr(27) + '[K' if tty else ''}epoch {e['epoch']:>3}/{e['epochs']} [{bar(1)}] "
-                  f"train loss {e['train_loss']:.4f} acc {e['train_accuracy']:.4f} | val loss {e['val_loss']:.4f} "
-                  f"acc {e['val_accuracy']:.4f} | {e['samples_per_s']:,.0f} samples/s", flush=True)  # fmt: skip
-        p = job.get("progress") or {}
-        if tty and "step" in p:
-            print(f"\r\033[Kepoch {p['epoch']:>3} [{bar(p['step'] / p['steps'])}] step {p['step']}/{p['steps']} "
-                  f"loss {p['loss']:.4f} acc {p['accuracy']:.3f}", end="", flush=True)  # fmt: skip
-        if job["status"] not in ("training", "initializing", "recovering"):
-            return job
-        time.sleep(0.5)

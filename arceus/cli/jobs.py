@@ -1,36 +1,95 @@
-"""``arceus status``, ``jobs`` and ``export``: what the API says about jobs, and what they trained."""
+"""The commands that ask the API: ``status``, ``jobs``, ``init``, ``stop``, ``devices``, ``metrics``,
+``export`` (and ``train JOB``, in ``train.py``). They share ``--api-url`` and the token."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import sys
 import time
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..config import ModelConfig, seed_job
 from ..control import clusterfile
 from ..control.client import ApiClient
-from ..errors import ApiError
+from ..errors import ApiError, ConfigError
 from ..settings import Settings
+from .follow import epoch_line, follow
 
-__all__ = ["add_commands", "bar", "checkpoint_line", "job_line", "recovery_lines"]
+# The statuses a job moves on from by itself (arceus.control.jobs.ACTIVE; not imported: it pulls in redis).
+ACTIVE = ("initializing", "training", "recovering")
+JOBS_PAGE = 200
+
+__all__ = ["add_api_option", "add_commands", "checkpoint_line", "client_for", "job_line", "recovery_lines"]
+
+
+def add_api_option(p: argparse.ArgumentParser) -> None:
+    """``--api-url``, the one flag every command that asks the API takes (the token is found for it)."""
+    p.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000); the token is "
+                   "ARCEUS_TOKEN, else the one `arceus worker --join` or `arceus up` kept for that API")  # fmt: skip
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("status", help="a job's status, progress and latest metrics")
     st.add_argument("job_id")
-    st.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000)")
-    st.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    st.add_argument("--follow", "-f", action="store_true", help="follow the job's live feed until it ends")
+    add_api_option(st)
     st.set_defaults(func=cmd_status)
 
-    jobs = sub.add_parser("jobs", help="list jobs")
-    jobs.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000)")
-    jobs.set_defaults(func=cmd_jobs)
+    jobs = sub.add_parser("jobs", help="create, list, show and delete jobs (alone: list them)")
+    add_api_option(jobs)
+    jobs.set_defaults(func=cmd_jobs_list)
+    each = jobs.add_subparsers(dest="jobs_command")
+    create = each.add_parser("create", help="create a job (POST /api/jobs) and print its id")
+    create.add_argument("--job", type=Path, help="the job JSON, as POSTed to /api/jobs (default: the seed MNIST job)")
+    add_api_option(create)
+    create.set_defaults(func=cmd_jobs_create)
+    ls = each.add_parser("list", help="the jobs, oldest first")
+    add_api_option(ls)
+    ls.set_defaults(func=cmd_jobs_list)
+    show = each.add_parser("show", help="a job: status, plan, latest figures, checkpoints, recoveries")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true", help="the API's JSON as it is")
+    add_api_option(show)
+    show.set_defaults(func=cmd_jobs_show)
+    rm = each.add_parser("delete", help="delete a job that is not running, with its checkpoints")
+    rm.add_argument("job_id")
+    add_api_option(rm)
+    rm.set_defaults(func=cmd_jobs_delete)
+
+    init = sub.add_parser("init", help="initialize a job: plan it over devices, every worker loads its shard")
+    init.add_argument("job_id")
+    init.add_argument("--seed", type=int, default=0, help="seeds the new weights (default 0)")
+    init.add_argument("--checkpoint", help="load a checkpoint of the job instead: 'latest' or a step")
+    init.add_argument(
+        "--devices", nargs="+", metavar="ID", help="the devices to plan over (default: the job's own, else every "
+        "free live device)"
+    )  # fmt: skip
+    add_api_option(init)
+    init.set_defaults(func=cmd_init)
+
+    stop = sub.add_parser("stop", help="stop a job that is training")
+    stop.add_argument("job_id")
+    add_api_option(stop)
+    stop.set_defaults(func=cmd_stop)
+
+    dev = sub.add_parser("devices", help="the device pool: each device's host, torch device, queue and liveness")
+    add_api_option(dev)
+    dev.set_defaults(func=cmd_devices)
+
+    met = sub.add_parser("metrics", help="a job's per-epoch history (a table, or CSV for spreadsheets)")
+    met.add_argument("job_id")
+    met.add_argument("--csv", action="store_true", help="write CSV: one row per epoch")
+    met.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
+    add_api_option(met)
+    met.set_defaults(func=cmd_metrics)
 
     ex = sub.add_parser("export", help="download a job's trained model as one .safetensors file")
     ex.add_argument("job_id")
     ex.add_argument("-o", "--output", type=Path, help="where to write it (default: <job>-step<N>.safetensors)")
     ex.add_argument("--checkpoint", default="latest", help="the step of a checkpoint (default: the latest)")
-    ex.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000)")
+    add_api_option(ex)
     ex.set_defaults(func=cmd_export)
 
 
@@ -40,11 +99,6 @@ def client_for(args: argparse.Namespace) -> ApiClient:
     settings = Settings.from_env()
     url = getattr(args, "api_url", None) or settings.api_url
     return ApiClient(url, token=settings.token or clusterfile.token_for(settings.home, url))
-
-
-def bar(done: float, width: int = 24) -> str:
-    n = int(round(done * width))
-    return "#" * n + "." * (width - n)
 
 
 def job_line(job: dict) -> str:
@@ -78,15 +132,15 @@ def recovery_lines(job: dict) -> list[str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     client = client_for(args)
-    while True:
-        job = client.get(f"/api/jobs/{args.job_id}")
-        print(job_line(job), flush=True)
-        if not args.follow or job["status"] not in ("initializing", "training", "recovering"):
-            for line in [checkpoint_line(job), *recovery_lines(job)]:
-                if line:
-                    print(line)
-            return 0 if job["status"] != "failed" else 1
-        time.sleep(2)
+    job = client.get(f"/api/jobs/{args.job_id}")
+    print(job_line(job), flush=True)
+    if args.follow and job["status"] in ACTIVE:
+        job = follow(client, args.job_id)
+        print(job_line(job))
+    for line in [checkpoint_line(job), *recovery_lines(job)]:
+        if line:
+            print(line)
+    return 0 if job["status"] != "failed" else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -103,11 +157,121 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = client_for(args).get("/api/jobs")["jobs"]
-    if not jobs:
-        print("no jobs")
-    for job in jobs:
-        model, data = ModelConfig.describe(job["model_config"]), job["dataset_config"]["name"]
-        print(f"{job_line(job)}  [{model} on {data}, {len(job['devices'])} devices]")
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    client, offset, printed = client_for(args), 0, 0
+    while True:  # every page
+        page = client.get(f"/api/jobs?offset={offset}&limit={JOBS_PAGE}")
+        for job in page["jobs"]:
+            model, data = ModelConfig.describe(job["model_config"]), job["dataset_config"]["name"]
+            print(f"{job_line(job)}  [{model} on {data}, {len(job['devices'])} devices]")
+        printed += len(page["jobs"])
+        offset += JOBS_PAGE
+        if offset >= page["total"]:
+            break
+    if not printed:
+        print("no jobs: create one with `arceus jobs create --job job.json`")
     return 0
+
+
+def cmd_jobs_create(args: argparse.Namespace) -> int:
+    if args.job:
+        try:
+            body = json.loads(args.job.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError("--job", f"cannot read {args.job}: {e}") from None
+    else:
+        body = seed_job()
+    job_id = client_for(args).post("/api/jobs", body)["job_id"]
+    print(job_id)
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    job = client_for(args).get(f"/api/jobs/{args.job_id}")
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    print(job_line(job))
+    print(f"  model: {ModelConfig.describe(job['model_config'])} on {job['dataset_config']['name']}; "
+          f"created {_when(job['created_at'])}, updated {_when(job['updated_at'])}")  # fmt: skip
+    names = {d["device_id"]: d.get("name") or d["device_id"] for d in job["devices"]}
+    for s in job.get("plan") or []:
+        where = names.get(s["device_id"], s["device_id"])
+        print(f"  stage {s['stage']}: layers [{s['start_layer']}, {s['end_layer']}) on {where} "
+              f"({s.get('params', 0):,} parameters)")  # fmt: skip
+    for line in [checkpoint_line(job), *recovery_lines(job)]:
+        if line:
+            print(line)
+    return 0
+
+
+def cmd_jobs_delete(args: argparse.Namespace) -> int:
+    print(client_for(args).delete(f"/api/jobs/{args.job_id}")["message"])
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    body: dict = {"seed": args.seed}
+    if args.checkpoint is not None:
+        body["checkpoint"] = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    if args.devices:
+        body["devices"] = args.devices
+    print(f"initializing {args.job_id}: every device's worker loads its shard...", flush=True)
+    reply = client_for(args).post(f"/api/network/initialize/{args.job_id}", body)
+    for s in reply["plan"]:
+        print(f"  stage {s['stage']}: layers [{s['start_layer']}, {s['end_layer']}) on device {s['device_id']}")
+    print(f"ready: train it with `arceus train {args.job_id} --epochs N`")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    print(client_for(args).post(f"/api/network/stop/{args.job_id}")["message"])
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    devices = client_for(args).get("/api/devices")["devices"]
+    if not devices:
+        print("no devices: run `arceus worker --join <API>` on each machine that should hold layers")
+        return 0
+    rows = [("DEVICE", "NAME", "HOST", "TORCH", "QUEUE", "LIVE", "SEEN")]
+    for d in devices:
+        seen = f"{d['last_seen_s']:.1f}s ago" if d.get("last_seen_s") is not None else "never"
+        rows.append((d["device_id"], d.get("name") or "-", d.get("host") or "-", d.get("torch_device") or "-",
+                     d["queue"], "yes" if d["alive"] else "no", seen))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+# The per-epoch columns, in the order a spreadsheet shows them.
+METRIC_COLUMNS = ("epoch", "epochs", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "samples_per_s",
+                  "seconds", "samples")  # fmt: skip
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    epochs = client_for(args).get(f"/api/jobs/{args.job_id}/metrics")["epochs"]
+    extra = sorted({k for e in epochs for k in e} - set(METRIC_COLUMNS) - {"type", "time"})
+    columns = [*METRIC_COLUMNS, *extra]
+    out = args.output.open("w", newline="") if args.output else sys.stdout
+    try:
+        if args.csv:
+            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(epochs)
+        elif not epochs:
+            print(f"job {args.job_id} has no finished epoch yet", file=out)
+        else:
+            for e in epochs:
+                print(epoch_line(e), file=out)
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"wrote {len(epochs)} epochs to {args.output}")
+    return 0
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))

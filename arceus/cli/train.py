@@ -10,13 +10,22 @@ from pathlib import Path
 from ..config import DATASETS, JobConfig, ModelConfig, seed_job
 from ..errors import ConfigError, DatasetUnavailable
 from ..settings import Settings
+from .follow import follow
+from .jobs import add_api_option, client_for, job_line
 from .options import add_train_options, train_config
 
 __all__ = ["add_commands"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a job across local stage processes (the seed MNIST job by default)")
+    t = sub.add_parser(
+        "train", help="train a job of the API (JOB), or one across local stage processes (the seed MNIST job by "
+        "default)", description="`arceus train JOB`: train an initialized job of the API on its devices and follow "
+        "it. Without JOB: train across local stage processes, without the API and Celery (the engine alone)."
+    )  # fmt: skip
+    t.add_argument("api_job", nargs="?", metavar="JOB", help="a job of the API, initialized (`arceus init JOB`)")
+    t.add_argument("--detach", action="store_true", help="with JOB: return once training has started")
+    add_api_option(t)
     t.add_argument("--job", type=Path, help="job JSON as POSTed to /api/jobs (default: the seed MNIST job)")
     t.add_argument("--dataset", choices=DATASETS, help="override dataset_config.name")
     t.add_argument("--stages", type=int, default=3, help="pipeline stages, one process each (default 3)")
@@ -87,13 +96,41 @@ def _print_event(ev: dict) -> None:
         print(f"  {ev['who']} on {ev['device']}")
 
 
+def _train_api_job(args: argparse.Namespace) -> int:
+    given = [name for name, default in _LOCAL_ONLY.items() if getattr(args, name) != default]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ConfigError(flag, f"is for a local run, not for job {args.api_job} of the API (its devices and data "
+                          "are the API's)")  # fmt: skip
+    client = client_for(args)
+    train = train_config(args)
+    reply = client.post(f"/api/network/train/{args.api_job}", train.to_dict())
+    print(f"training job {args.api_job} (run {reply['run_id']}): {train.epochs} epochs, lr {train.learning_rate}, "
+          f"wire {train.wire}, {train.micro_batches} micro-batches, {train.schedule}", flush=True)  # fmt: skip
+    if args.detach:
+        print(f"follow it with `arceus status {args.api_job} --follow`; stop it with `arceus stop {args.api_job}`")
+        return 0
+    job = follow(client, args.api_job, run_id=reply["run_id"])
+    print(job_line(job))
+    return 0 if job["status"] == "completed" else 1
+
+
 def _rate(ev: dict) -> str:
     if "tokens_per_s" in ev:  # text: bits per byte is the loss in bits
         return f"{ev['val_bits_per_byte']:.3f} bits/byte  |  {ev['tokens_per_s']:,.0f} tokens/s"
     return f"{ev['samples_per_s']:,.0f} samples/s"
 
 
+# The flags of a local run, and their defaults: none of them means anything to a job of the API.
+_LOCAL_ONLY = {"job": None, "dataset": None, "stages": 3, "device": None, "no_fallback": False, "json": False,
+               "job_id": None, "resume": None}  # fmt: skip
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.api_job:
+        return _train_api_job(args)
+    if args.detach or args.api_url:
+        raise ConfigError("--detach" if args.detach else "--api-url", "is for a job of the API: `arceus train JOB`")
     settings = Settings.from_env()
     train = train_config(args)  # checked before the dataset is probed
     job = _job(args, settings)

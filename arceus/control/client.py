@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ApiError
@@ -62,6 +64,49 @@ class ApiClient:
         except (urllib.error.URLError, OSError) as e:
             raise ApiError(f"cannot download {self.base + path}: {getattr(e, 'reason', e)}") from None
         return dest.stat().st_size
+
+    def events(self, path: str, after: str | None = None, read_timeout_s: float = 60.0) -> Iterator[dict]:
+        """The Server-Sent Events of ``path`` (each event's JSON data), until an ``end`` event. A
+        feed that closes early (the API ends feeds after a while, or restarted) is opened again
+        from the last event's id, as a browser's EventSource does."""
+        last, failures = after, 0
+        while True:
+            headers = {**self.headers, "Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = last
+            req = urllib.request.Request(self.base + path, method="GET", headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=read_timeout_s) as resp:
+                    failures = 0
+                    data: list[str] = []
+                    event_id = None
+                    for raw in resp:
+                        line = raw.decode().rstrip("\r\n")
+                        if line.startswith("data:"):
+                            data.append(line[5:].removeprefix(" "))
+                        elif line.startswith("id:"):
+                            event_id = line[3:].strip()
+                        elif not line and data:  # a blank line ends an event
+                            event = json.loads("\n".join(data))
+                            last, data = event_id or last, []
+                            yield event
+                            if event.get("type") == "end":
+                                return
+            except urllib.error.HTTPError as e:
+                try:
+                    message = json.loads(e.read())["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = e.reason
+                if e.code != 503:
+                    raise ApiError(f"GET {path}: {e.code} {message}", e.code) from None
+                failures += 1  # too many feeds open, or Redis away: a while later
+                if failures > 10:
+                    raise ApiError(f"GET {path}: {e.code} {message}", e.code) from None
+            except (urllib.error.URLError, OSError) as e:
+                failures += 1
+                if failures > 10:
+                    raise ApiError(f"lost the feed of {self.base + path}: {getattr(e, 'reason', e)}") from None
+            time.sleep(min(2.0 * failures, 10.0))
 
     def get(self, path: str) -> dict:
         return self.call("GET", path)
