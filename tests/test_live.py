@@ -172,6 +172,7 @@ def test_a_browser_signs_in_with_the_token_once_and_the_cookie_stands_for_it(red
         for public in ("/", "/dashboard", "/dashboard/assets/app.js", "/api/health"):
             with urllib.request.urlopen(c.base + public, timeout=30) as resp:
                 assert resp.status == 200, public
+
         def status_of(path: str, cookie: str | None = None) -> int:
             req = urllib.request.Request(c.base + path, headers={"Cookie": cookie} if cookie else {})
             try:

@@ -261,15 +261,16 @@ function setJob(job) {
   document.getElementById("status").replaceChildren(badge(job.status));
   const error = document.getElementById("error");
   error.replaceChildren(...(job.error ? [h("div", { class: "error", id: "job-error" }, job.error)] : []));
-  document.getElementById("config").textContent = JSON.stringify(
-    { model_config: job.model_config, dataset_config: job.dataset_config, train_config: job.train_config }, null, 2);
+  document.getElementById("config").textContent = ["model_config", "dataset_config", "train_config"]
+    .map((k) => `${k}: ${job[k] ? JSON.stringify(job[k], null, 1).replace(/\n\s*/g, " ") : "(not trained yet)"}`)
+    .join("\n");
   const plan = job.plan || [];
   document.getElementById("plan").replaceChildren(plan.length ? h("table", {},
-    h("thead", {}, h("tr", {}, ["Stage", "Layers", "Device", "Parameters", "Training GFLOP/sample", "Memory (est.)"]
+    h("thead", {}, h("tr", {}, ["Stage", "Layers", "Device", "Parameters", "Training MFLOP/sample", "Memory (est.)"]
       .map((t, i) => h("th", { class: i >= 3 ? "num" : "" }, t)))),
     h("tbody", {}, plan.map((s) => h("tr", {},
       h("td", {}, s.stage), h("td", {}, `[${s.start_layer}, ${s.end_layer})`), h("td", {}, deviceName(job, s.device_id)),
-      h("td", { class: "num" }, (s.params || 0).toLocaleString()), h("td", { class: "num" }, num((s.flops || 0) / 1e9, 6)),
+      h("td", { class: "num" }, (s.params || 0).toLocaleString()), h("td", { class: "num" }, num((s.flops || 0) / 1e6, 3)),
       h("td", { class: "num" }, mb(s.memory_bytes))))))
     : h("p", { class: "muted" }, "Not planned yet: Initialize partitions the layers over the devices."));
   const download = document.getElementById("download");
@@ -320,7 +321,7 @@ function draw() {
     [series("train_accuracy", "train", COLORS.train), series("val_accuracy", "validation", COLORS.val)],
     { xLabel: "epoch", dots: true, integerX: true, empty: "the first epoch is not done yet" });
   Charts.line(document.getElementById("chart-steps"), [{ name: "training loss", color: COLORS.step, points: state.steps }],
-    { xLabel: "step", empty: "no steps yet" });
+    { xLabel: "step", dots: state.steps.length < 40, empty: "no steps yet" });
   drawStages(state, epochs);
 }
 

@@ -52,6 +52,8 @@ const Charts = (() => {
     let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
+    const margin = (y1 - y0) * 0.05; // no point on the frame's edge
+    y0 -= margin; y1 += margin;
     const yt = ticks(y0, y1, 4), xt = ticks(x0, x1, 6).filter((v) => !opts.integerX || Number.isInteger(v));
     y0 = Math.min(y0, yt[0]); y1 = Math.max(y1, yt[yt.length - 1]);
     const sx = (x) => PAD.l + ((x - x0) / (x1 - x0)) * (W - PAD.l - PAD.r);

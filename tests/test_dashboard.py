@@ -1,0 +1,173 @@
+"""The dashboard in a real browser (headless Chromium, driven by Playwright) against a real API,
+real workers and real runs. Skipped only where no Chromium can be had (`apt-get install chromium`).
+
+With ARCEUS_SCREENSHOTS=DIR the job page is photographed into DIR during and after a run (the
+README's pictures come from `ARCEUS_SCREENSHOTS=docs/img pytest tests/test_dashboard.py`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from cluster import Cluster
+
+CHROMIUM = os.environ.get("ARCEUS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# CI sets ARCEUS_BROWSER_TESTS=required: there a missing browser fails the suite instead of skipping.
+REQUIRED = os.environ.get("ARCEUS_BROWSER_TESTS") == "required"
+if REQUIRED:
+    assert CHROMIUM, "ARCEUS_BROWSER_TESTS=required, but there is no chromium on PATH (apt-get install chromium)"
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium to drive: `apt-get install chromium` (or set ARCEUS_CHROMIUM to one)"
+)
+
+JOB = {"model_config": {"layer_sizes": [784, 64, 32, 10]}, "dataset_config": {"name": "MNIST", "batch_size": 100}}
+TIMEOUT_MS = 60_000
+sync_api.expect.set_options(timeout=TIMEOUT_MS)  # runs take seconds on a busy machine: expect waits as long
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_api.sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def cluster(redis_url, tmp_path):
+    # The README's pictures: epochs long enough for a curve of steps.
+    yield from Cluster.serving(redis_url, tmp_path, mnist=(30000, 2000) if _shots() else (3000, 500))
+
+
+@pytest.fixture
+def page(chromium, cluster):
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.requests = []  # every URL the page asks for, to prove none leaves this machine
+    page.on("request", lambda r: page.requests.append(r.url))
+    yield page
+    context.close()
+
+
+def _devices(c: Cluster, *names: str) -> None:
+    for name in names:
+        c.start_device(name, threads=1)
+    c.wait_for_workers(len(names))
+
+
+def _shots() -> Path | None:
+    where = os.environ.get("ARCEUS_SCREENSHOTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+    return Path(where) if where else None
+
+
+def _points(page, chart: str, series: str) -> int:
+    return page.locator(f"#{chart} circle[data-series='{series}']").count()
+
+
+def test_a_job_created_in_the_page_trains_with_live_curves(cluster, page):
+    _devices(cluster, "mac-a", "mac-b")
+    page.goto(cluster.base + "/")
+    sync_api.expect(page.locator("#devices tbody tr")).to_have_count(2)
+    sync_api.expect(page.locator("#devices")).to_contain_text("alive")
+    page.fill("#job-json", json.dumps(JOB))
+    page.click("#create-job")
+    page.wait_for_url("**/#/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    assert cluster.ok("GET", f"/api/jobs/{job_id}")["model_config"] == JOB["model_config"]
+
+    page.evaluate("window.loadedOnce = true")  # gone if anything reloads the page
+    page.click("#initialize")
+    sync_api.expect(page.locator("#status")).to_have_text("ready")
+    sync_api.expect(page.locator("#plan tbody tr")).to_have_count(2)
+    # Count the loss chart's training points each time it is drawn.
+    page.evaluate("""() => { window.seen = [];
+        new MutationObserver(() => window.seen.push(document.querySelectorAll(
+            "#chart-loss circle[data-series='train']").length))
+        .observe(document.getElementById('chart-loss'), {childList: true, subtree: true}); }""")
+    epochs = 8 if _shots() else 3  # the README's pictures: a longer curve
+    page.fill("#train-form input[name=epochs]", str(epochs))
+    page.click("#train")
+    page.wait_for_function("document.querySelectorAll(\"#chart-loss circle[data-series='train']\").length >= 1")
+    shots = _shots()
+    if shots:
+        page.wait_for_function("document.querySelectorAll(\"#chart-loss circle[data-series='train']\").length >= 3")
+        page.screenshot(path=str(shots / "job-training.png"), full_page=True)
+    sync_api.expect(page.locator("#status")).to_have_text("completed")
+    assert _points(page, "chart-loss", "train") == epochs == _points(page, "chart-loss", "validation")
+    assert _points(page, "chart-accuracy", "validation") == epochs
+    seen = [n for n in dict.fromkeys(page.evaluate("window.seen")) if n]
+    assert seen == list(range(1, epochs + 1)), seen  # a point per epoch as it finished
+    assert page.evaluate("window.loadedOnce") is True  # ... with no reload
+    # Every stage of the plan in the stage table, with its figures.
+    sync_api.expect(page.locator("#stage-table tbody tr")).to_have_count(2)
+    assert "MB" in page.locator("#stage-table tbody tr").first.inner_text()
+    sync_api.expect(page.locator("#checkpoints li")).not_to_have_count(0)
+    assert page.locator("#download").is_visible()
+    if shots:
+        page.screenshot(path=str(shots / "job-done.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(shots / "job-phone.png"))
+        page.set_viewport_size({"width": 1280, "height": 900})
+    page.click("header nav a[href='#/']")  # back to the cluster: the job is listed, done
+    sync_api.expect(page.locator(f"#jobs tr[data-job='{job_id}']")).to_contain_text("completed")
+    if shots:
+        page.screenshot(path=str(shots / "cluster.png"), full_page=True)
+
+    here = urlsplit(cluster.base).netloc
+    elsewhere = [u for u in page.requests if urlsplit(u).scheme in ("http", "https") and urlsplit(u).netloc != here]
+    assert not elsewhere and len(page.requests) > 5, page.requests  # every asset and call from the API
+
+
+def test_stop_from_the_page_and_a_failed_jobs_error(cluster, page):
+    _devices(cluster, "mac-a", "mac-b")
+    job_id = cluster.ok("POST", "/api/jobs", JOB)["job_id"]
+    cluster.ok("POST", f"/api/network/initialize/{job_id}")
+    cluster.ok("POST", f"/api/network/train/{job_id}", {"epochs": 500})
+    page.goto(f"{cluster.base}/#/jobs/{job_id}")
+    sync_api.expect(page.locator("#status")).to_have_text("training")
+    page.wait_for_function("document.querySelectorAll('#chart-steps path').length >= 1")  # steps are arriving
+    page.click("#stop")
+    sync_api.expect(page.locator("#status")).to_have_text("stopped")
+    sync_api.expect(page.locator("#job-error")).to_have_text("stopped by the user")
+    assert cluster.ok("GET", f"/api/jobs/{job_id}")["status"] == "stopped"
+
+    # A job whose dataset is not on the workers fails at initialize; the page says why.
+    broken = cluster.ok("POST", "/api/jobs", {**JOB, "dataset_config": {"name": "FashionMNIST"}})["job_id"]
+    page.goto(f"{cluster.base}/#/jobs/{broken}")
+    sync_api.expect(page.locator("#status")).to_have_text("created")
+    page.click("#initialize")
+    sync_api.expect(page.locator("#status")).to_have_text("failed")
+    sync_api.expect(page.locator("#job-error")).to_contain_text("FashionMNIST")
+    sync_api.expect(page.locator("#notice")).to_contain_text("409")
+
+
+def test_a_lan_cluster_asks_for_the_token_once(redis_url, tmp_path, chromium):
+    c = Cluster(redis_url, tmp_path, tmp_path, token="s3cret-token")
+    c.start_api()
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(c.base + "/")
+        page.fill("#token", "wrong")
+        page.click("#login-form button")
+        sync_api.expect(page.locator("#notice")).to_contain_text("wrong token")
+        page.fill("#token", "s3cret-token")
+        page.click("#login-form button")
+        sync_api.expect(page.locator("h1")).to_have_text("Cluster")
+        page.reload()  # the cookie holds across visits
+        sync_api.expect(page.locator("h1")).to_have_text("Cluster")
+        page.click("#signout")
+        sync_api.expect(page.locator("#token")).to_be_visible()
+    finally:
+        context.close()
+        c.stop_all()
