@@ -269,7 +269,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
         Option("micro_batches", int, 1, "micro-batches per mini-batch; gradients accumulate over them", 1, 1024),
         Option("wire", str, "int8", "codec of activations and gradients between stages", choices=tuple(WIRE_CODECS)),
         Option("schedule", str, "gpipe", "pipeline schedule", choices=SCHEDULES),
-        Option("seed", int, 0, "seeds the order of the training samples (and, in `arceus train`, the weights)",
+        Option("seed", int, 0, "seeds the order of the training samples (and, in a local arceus train, the weights)",
                0, MAX_SEED),
         Option("checkpoint_every", int, 0, "steps between checkpoints (0: the end of every epoch); the run's "
                "last step is always saved", 0, 10_000_000),

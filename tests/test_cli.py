@@ -1,5 +1,6 @@
 """The command line as a user runs it: real processes, real Redis, no network."""
 
+import argparse
 import json
 import os
 import re
@@ -55,6 +56,7 @@ def test_up_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
         reader.join(timeout=10)
     output = "".join(lines)
     assert proc.returncode == 0, output
+    assert lines[0] == f"Dashboard  http://127.0.0.1:{port}/\n", output  # the dashboard's address first
     assert f"arceus worker --join http://127.0.0.1:{port}\n" in output  # loopback: open, no token to pass
     assert "redis://" not in output  # no Redis URL (nor password) to paste anywhere
     home = Path(os.environ["ARCEUS_HOME"])
@@ -83,3 +85,28 @@ def test_arceus_alone_prints_help_and_version_works(tmp_path):
     version = subprocess.run([sys.executable, "-m", "arceus.cli", "--version"], env=_env(tmp_path),
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert version.returncode == 0 and re.fullmatch(r"arceus \d+\.\d+\.\d+\n", version.stdout), version.stdout
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_help_text_is_plain_and_shows_its_defaults():
+    from arceus.cli import _parser
+
+    commands = dict(_commands(_parser()))
+    assert {("jobs", "create"), ("jobs", "list"), ("jobs", "show"), ("jobs", "delete"), ("init",), ("train",),
+            ("stop",), ("devices",), ("metrics",), ("export",), ("status",)} <= set(commands)  # fmt: skip
+    for path, parser in commands.items():
+        text = parser.format_help()
+        assert "`" not in text and "``" not in text, (path, text)
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or action.default in (None, False, argparse.SUPPRESS):
+                continue
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction | argparse._SubParsersAction):
+                continue
+            assert action.help and "default" in action.help, (path, action.dest, action.help)

@@ -22,10 +22,14 @@ __all__ = ["add_commands"]
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start Redis (embedded unless ARCEUS_REDIS_URL) and the API; print worker commands")
-    up.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 serves the LAN (Redis gets a password)")
-    up.add_argument("--port", type=int, default=4000)
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address; 0.0.0.0 serves the LAN, Redis gets a password (default 127.0.0.1)",
+    )
+    up.add_argument("--port", type=int, default=4000, help="the API's port (default 4000)")
     up.add_argument("--flower", action="store_true", help="also start Flower (task monitoring) on --flower-port")
-    up.add_argument("--flower-port", type=int, default=5555)
+    up.add_argument("--flower-port", type=int, default=5555, help="Flower's port (default 5555)")
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="the whole original flow on this machine: up, workers, job, train")

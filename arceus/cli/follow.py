@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..control.client import ApiClient
 
-__all__ = ["epoch_line", "follow"]
+__all__ = ["EventPrinter", "epoch_line", "follow"]
 
 
 def epoch_line(e: dict) -> str:
@@ -20,42 +20,56 @@ def epoch_line(e: dict) -> str:
             f"  |  val loss {e['val_loss']:.4f} acc {e['val_accuracy']:.4f}  |  {rate}")  # fmt: skip
 
 
+class EventPrinter:
+    """Prints a run's events as they come (``arceus train``'s local run and the API's feed alike):
+    a tqdm bar per epoch on a terminal, a line per epoch, state change, started stage and error."""
+
+    def __init__(self, out: TextIO | None = None, job_id: str | None = None) -> None:
+        self.out, self.job_id = out or sys.stdout, job_id
+        self.tty = self.out.isatty()
+        self.bar: tqdm | None = None
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev["type"]
+        if kind == "progress":
+            if self.tty:
+                desc = f"epoch {ev['epoch']}"
+                if self.bar is None or self.bar.desc != desc:
+                    self.close()
+                    self.bar = tqdm(total=ev["steps"], desc=desc, unit="step", file=self.out, leave=False,
+                                    dynamic_ncols=True)  # fmt: skip
+                self.bar.update(ev["step"] - self.bar.n)
+                self.bar.set_postfix_str(f"loss {ev['loss']:.4f} acc {ev['accuracy']:.3f}")
+            return
+        if kind == "epoch":
+            self._line(epoch_line(ev))
+        elif kind == "state":
+            self._line(f"job {self.job_id} {ev['status']}" + (f": {ev['error']}" if ev.get("error") else ""))
+        elif kind == "stage_started":
+            self._line(f"  {ev['who']} on {ev['device']}")
+        elif kind == "error":
+            self._line(f"stage {ev.get('stage')}: {ev.get('reason')}")
+
+    def _line(self, text: str) -> None:
+        self.close()
+        print(text, file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def follow(client: ApiClient, job_id: str, run_id: str | None = None, out: TextIO | None = None) -> dict:
     """Print the job's story until it completes, fails or stops; return the job as it ends.
     With ``run_id``, what came before that run started is skipped (the feed replays it)."""
-    out = out or sys.stdout
-    tty = out.isatty()
+    printer = EventPrinter(out, job_id)
     live = run_id is None
-    bar: tqdm | None = None
-
-    def close() -> None:
-        nonlocal bar
-        if bar is not None:
-            bar.close()
-            bar = None
-
-    for ev in client.events(f"/api/jobs/{job_id}/events"):
-        kind = ev["type"]
-        if not live:
-            live = kind == "state" and ev.get("run_id") == run_id
-            if not live:
-                continue
-        if kind == "progress" and tty:
-            desc = f"epoch {ev['epoch']}"
-            if bar is None or bar.desc != desc:
-                close()
-                bar = tqdm(total=ev["steps"], desc=desc, unit="step", file=out, leave=False, dynamic_ncols=True)
-            bar.update(ev["step"] - bar.n)
-            bar.set_postfix_str(f"loss {ev['loss']:.4f} acc {ev['accuracy']:.3f}")
-        elif kind == "epoch":
-            close()
-            print(epoch_line(ev), file=out, flush=True)
-        elif kind == "state":
-            close()
-            reason = f": {ev['error']}" if ev.get("error") else ""
-            print(f"job {job_id} {ev['status']}{reason}", file=out, flush=True)
-        elif kind == "error":
-            close()
-            print(f"stage {ev.get('stage')}: {ev.get('reason')}", file=out, flush=True)
-    close()
+    try:
+        for ev in client.events(f"/api/jobs/{job_id}/events"):
+            live = live or (ev["type"] == "state" and ev.get("run_id") == run_id)
+            if live:
+                printer(ev)
+    finally:
+        printer.close()
     return client.get(f"/api/jobs/{job_id}")

@@ -27,7 +27,7 @@ __all__ = ["add_api_option", "add_commands", "checkpoint_line", "client_for", "j
 def add_api_option(p: argparse.ArgumentParser) -> None:
     """``--api-url``, the one flag every command that asks the API takes (the token is found for it)."""
     p.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000); the token is "
-                   "ARCEUS_TOKEN, else the one `arceus worker --join` or `arceus up` kept for that API")  # fmt: skip
+                   "ARCEUS_TOKEN, else the one arceus worker --join or arceus up kept for that API")  # fmt: skip
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import DATASETS, JobConfig, ModelConfig, seed_job
 from ..errors import ConfigError, DatasetUnavailable
 from ..settings import Settings
-from .follow import follow
+from .follow import EventPrinter, follow
 from .jobs import add_api_option, client_for, job_line
 from .options import add_train_options, train_config
 
@@ -20,10 +20,10 @@ __all__ = ["add_commands"]
 def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train", help="train a job of the API (JOB), or one across local stage processes (the seed MNIST job by "
-        "default)", description="`arceus train JOB`: train an initialized job of the API on its devices and follow "
-        "it. Without JOB: train across local stage processes, without the API and Celery (the engine alone)."
+        "default)", description="With JOB: train an initialized job of the API on its devices and follow it. "
+        "Without JOB: train across local stage processes, without the API and Celery (the engine alone)."
     )  # fmt: skip
-    t.add_argument("api_job", nargs="?", metavar="JOB", help="a job of the API, initialized (`arceus init JOB`)")
+    t.add_argument("api_job", nargs="?", metavar="JOB", help="a job of the API, initialized (arceus init JOB)")
     t.add_argument("--detach", action="store_true", help="with JOB: return once training has started")
     add_api_option(t)
     t.add_argument("--job", type=Path, help="job JSON as POSTed to /api/jobs (default: the seed MNIST job)")
@@ -72,30 +72,6 @@ def _job(args: argparse.Namespace, settings: Settings) -> JobConfig:
     return job
 
 
-_CLEAR = "\r\033[K"  # back to column 0 and erase the progress line
-
-
-def _print_event(ev: dict) -> None:
-    kind = ev["type"]
-    if kind == "progress":
-        if not sys.stdout.isatty():
-            return
-        print(
-            f"{_CLEAR}  epoch {ev['epoch']} step {ev['step']}/{ev['steps']}  loss {ev['loss']:.4f}  "
-            f"acc {ev['accuracy']:.3f}",
-            end="", flush=True,
-        )  # fmt: skip
-    elif kind == "epoch":
-        print(
-            f"{_CLEAR if sys.stdout.isatty() else ''}epoch {ev['epoch']:>3}/{ev['epochs']}  "
-            f"train loss {ev['train_loss']:.4f} acc {ev['train_accuracy']:.4f}"
-            f"  |  val loss {ev['val_loss']:.4f} acc {ev['val_accuracy']:.4f}  |  {_rate(ev)}",
-            flush=True,
-        )
-    elif kind == "stage_started":
-        print(f"  {ev['who']} on {ev['device']}")
-
-
 def _train_api_job(args: argparse.Namespace) -> int:
     given = [name for name, default in _LOCAL_ONLY.items() if getattr(args, name) != default]
     if given:
@@ -113,12 +89,6 @@ def _train_api_job(args: argparse.Namespace) -> int:
     job = follow(client, args.api_job, run_id=reply["run_id"])
     print(job_line(job))
     return 0 if job["status"] == "completed" else 1
-
-
-def _rate(ev: dict) -> str:
-    if "tokens_per_s" in ev:  # text: bits per byte is the loss in bits
-        return f"{ev['val_bits_per_byte']:.3f} bits/byte  |  {ev['tokens_per_s']:,.0f} tokens/s"
-    return f"{ev['samples_per_s']:,.0f} samples/s"
 
 
 # The flags of a local run, and their defaults: none of them means anything to a job of the API.
@@ -146,9 +116,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None and not args.job_id:
         raise ConfigError("--resume", "needs --job-id: the job whose checkpoint to continue from")
     resume = int(args.resume) if args.resume is not None and args.resume.isdigit() else args.resume
-    with redis_for(settings) as url:
-        result = train_local(job, train, args.stages, url, settings, on_event=_print_event, device=args.device,
-                             job_id=args.job_id, resume=resume)  # fmt: skip
+    printer = EventPrinter()
+    try:
+        with redis_for(settings) as url:
+            result = train_local(job, train, args.stages, url, settings, on_event=printer, device=args.device,
+                                 job_id=args.job_id, resume=resume)  # fmt: skip
+    finally:
+        printer.close()
     last = result.epochs[-1]
     stages = [s for s in result.stages if s["epoch"] == last["epoch"]]
     raw = sum(s["bytes_raw"] for s in stages)

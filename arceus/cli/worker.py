@@ -37,7 +37,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="join the cluster as a device and serve any of its jobs")
     w.add_argument("--join", "--api-url", dest="api_url",
                    help="the cluster's API (default: the one joined last, else ARCEUS_API_URL)")  # fmt: skip
-    w.add_argument("--token", help="the cluster token `arceus up` printed (default: ARCEUS_TOKEN, else the one kept)")
+    w.add_argument("--token", help="the cluster token arceus up printed (default: ARCEUS_TOKEN, else the one kept)")
     w.add_argument("--name", help="device name, unique in the cluster (default: this machine's host name)")
     w.add_argument("--device", help="torch device (default: ARCEUS_DEVICE, else mps > cuda > cpu)")
     w.add_argument("--job-id", help="also register the device for this job (the original flow)")
