@@ -9,6 +9,8 @@ half-open connections hold.
    the server still holds open (it closes a silent connection after its channel timeout).
 3. ``--burst`` concurrent GET /api/workers (the request that used to wedge every API thread),
    then a POST that must still be served.
+4. What the live side costs: a Prometheus scrape of GET /metrics with the ``--jobs`` jobs
+   (median of 20), and GET /api/health while as many job feeds (SSE) are open as the API allows.
 
     python -m bench.api_load [--jobs 1000] [--clients 20] [--requests 2000] [--half-open 500]
 """
@@ -19,9 +21,11 @@ import argparse
 import socket
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from api.events import MAX_FEEDS
 from arceus.launch.control_plane import LocalCluster
 from arceus.launch.procs import free_port
 from arceus.launch.redis_server import EmbeddedRedis
@@ -107,6 +111,22 @@ def main() -> None:
             status, _reply = client.request("POST", "/api/jobs", JOB)
             print(f"{args.burst} concurrent GET /api/workers: {statuses.count(200)} answered 200; a POST /api/jobs "
                   f"after them: {status} in {(time.perf_counter() - t0) * 1e3:.1f} ms")  # fmt: skip
+
+            scrapes = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(f"{cluster.api_url}/metrics", timeout=60) as resp:
+                    size = len(resp.read())
+                scrapes.append(time.perf_counter() - t0)
+            print(f"GET /metrics with {args.jobs + 1} jobs: p50 {_pct(scrapes, 0.5):.1f} ms ({size:,} bytes)")
+            job_id = client.post("/api/jobs", JOB)["job_id"]
+            feeds = [urllib.request.urlopen(f"{cluster.api_url}/api/jobs/{job_id}/events", timeout=60)
+                     for _ in range(MAX_FEEDS)]  # fmt: skip
+            lat = _latencies(client, "/api/health", 4, 200)
+            print(f"{MAX_FEEDS} open feeds (the most allowed): GET /api/health p50 {_pct(lat, 0.5):.1f} ms, "
+                  f"p99 {_pct(lat, 0.99):.1f} ms")  # fmt: skip
+            for f in feeds:
+                f.close()
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_stop_from_the_page_and_a_failed_jobs_error(cluster, page):
 
 def test_a_lan_cluster_asks_for_the_token_once(redis_url, tmp_path, chromium):
     c = Cluster(redis_url, tmp_path, tmp_path, token="s3cret-token")
-    c.start_api()
+    c.start_api(flower_url="http://127.0.0.1:5555")  # as `arceus up --flower` tells the API
     context = chromium.new_context()
     try:
         page = context.new_page()
@@ -164,6 +164,7 @@ def test_a_lan_cluster_asks_for_the_token_once(redis_url, tmp_path, chromium):
         page.fill("#token", "s3cret-token")
         page.click("#login-form button")
         sync_api.expect(page.locator("h1")).to_have_text("Cluster")
+        sync_api.expect(page.locator("#flower")).to_have_attribute("href", "http://127.0.0.1:5555")
         page.reload()  # the cookie holds across visits
         sync_api.expect(page.locator("h1")).to_have_text("Cluster")
         page.click("#signout")
