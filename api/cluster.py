@@ -10,7 +10,7 @@ from flask.views import MethodView
 
 from arceus import __version__
 
-from .errors import TOKEN_COOKIE, Blueprint, token_matches
+from .errors import TOKEN_COOKIE, Blueprint, session_value, token_matches
 from .schemas import ClusterSchema, HealthSchema, JoinSchema, MessageSchema, SessionSchema
 
 blp = Blueprint("cluster", __name__, url_prefix="/api", description="Health, signing in, joining the cluster")
@@ -41,7 +41,9 @@ class Session(MethodView):
     @blp.doc(security=[])
     def post(self, body):
         """Sign a browser in: with the cluster token, the answer sets an HttpOnly, SameSite=Strict
-        cookie that stands for the token on every later request (the dashboard and /api/docs)."""
+        session cookie (derived from the token, not the token) that the API takes on every later
+        request (the dashboard, /api/docs, /metrics) but joining a worker; a request that changes
+        something must come from the API's own pages."""
         token = current_app.config["ARCEUS_SETTINGS"].token
         if token is None:
             return {"message": "this API needs no token (it serves this machine only)"}
@@ -49,8 +51,8 @@ class Session(MethodView):
             return {"code": 401, "status": "Unauthorized", "message": "wrong token: `arceus up` printed it, and "
                     "keeps it in $ARCEUS_HOME/cluster.json"}, 401  # fmt: skip
         response = jsonify({"message": "signed in"})
-        response.set_cookie(TOKEN_COOKIE, token, max_age=SESSION_DAYS * 86400, httponly=True, samesite="Strict",
-                            secure=request.is_secure)  # fmt: skip
+        response.set_cookie(TOKEN_COOKIE, session_value(token), max_age=SESSION_DAYS * 86400, httponly=True,
+                            samesite="Strict", secure=request.is_secure)  # fmt: skip
         return response
 
     @blp.response(200, MessageSchema)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, request
@@ -20,6 +22,7 @@ __all__ = [
     "Blueprint",
     "register_error_handlers",
     "require_token",
+    "session_value",
     "token_matches",
 ]
 
@@ -61,36 +64,60 @@ class ArceusApi(Api):
 
 
 def _json(status: int, message: str, **extra: object):
-    names = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict", 502: "Bad Gateway",
-             503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
+    names = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
     return {"code": status, "status": names.get(status, "Error"), "message": message, **extra}, status
 
 
-# The browser's copy of the token (set by POST /api/session): HttpOnly, so page scripts cannot
-# read it, and SameSite=Strict, so no other site's page can make a request that carries it.
-TOKEN_COOKIE = "arceus_token"
+# The browser's session (set by POST /api/session): a value derived from the token, so the
+# token itself (Flower's password too) never sits in a browser; HttpOnly, so page scripts cannot
+# read it; SameSite=Strict. Cookies ignore ports, so a page of another service on the same host is
+# "same-site": a request it makes that would change something is refused unless the browser says
+# it comes from the API's own origin (Sec-Fetch-Site, else Origin).
+TOKEN_COOKIE = "arceus_session"
+# What a browser session may not do: hand out the workers' Redis (workers use the token itself).
+_TOKEN_ONLY = ("/api/cluster/join",)
+_SAFE = ("GET", "HEAD", "OPTIONS")
 
 
 def token_matches(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+def session_value(token: str) -> str:
+    return hmac.new(token.encode(), b"arceus browser session", hashlib.sha256).hexdigest()
+
+
+def _same_origin() -> bool:
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc == request.host
+
+
 def require_token(app: Flask, token: str, public: tuple[str, ...], public_under: tuple[str, ...] = ()) -> None:
     """Every request but those to ``public`` paths and paths under ``public_under`` carries
-    ``Authorization: Bearer <token>`` or the session cookie, or gets a 401 (compared in constant
-    time)."""
+    ``Authorization: Bearer <token>``, or the browser session's cookie (then a request that
+    changes something must come from the API's own pages), or gets a 401. Compared in constant
+    time."""
+    session = session_value(token)
 
     @app.before_request
     def _authenticate():
         if request.path in public or request.path.startswith(public_under):
             return None
         header = request.headers.get("Authorization", "")
-        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else None
-        if given is None and request.cookies.get(TOKEN_COOKIE):
-            given = request.cookies[TOKEN_COOKIE]
-        if given is not None and token_matches(given, token):
+        if header.startswith("Bearer ") and token_matches(header.removeprefix("Bearer "), token):
             return None
-        why = "wrong token" if (given or header) else "no token"
+        cookie = request.cookies.get(TOKEN_COOKIE)
+        if not header and cookie and token_matches(cookie, session) and request.path not in _TOKEN_ONLY:
+            if request.method in _SAFE or _same_origin():
+                return None
+            body, status = _json(403, "a browser session's request that changes something must come from the "
+                                      "Arceus dashboard itself (this one came from another page)")  # fmt: skip
+            return body, status
+        why = "wrong token" if (header or cookie) else "no token"
         body, status = _json(401, f"{why}: send the cluster token as `Authorization: Bearer <token>` "
                                   "(`arceus up` keeps it in $ARCEUS_HOME/cluster.json)")  # fmt: skip
         return body, status, {"WWW-Authenticate": 'Bearer realm="arceus"'}

@@ -52,12 +52,14 @@ class Events(MethodView):
         job has completed, failed or stopped and everything before is sent."""
         control = current_app.extensions["arceus"]
         job = control.store.get(job_id)  # 404 for an unknown job
-        cursor = FeedCursor.parse(request.headers.get("Last-Event-ID") or query["after"])
+        feed = JobFeed(control.r, job_id)
+        given = request.headers.get("Last-Event-ID") or query["after"]
+        cursor = FeedCursor.parse(given) if given else feed.beginning(job.get("run_id"))
         if not _open.acquire(blocking=False):
             raise UpstreamError(f"{MAX_FEEDS} live feeds are open, the most this API serves at once: try again "
                                 "later, or read GET /api/jobs/<job_id>", 503)  # fmt: skip
         response = Response(
-            _stream(JobFeed(control.r, job_id), cursor, job["status"]),
+            _stream(feed, cursor, job["status"]),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

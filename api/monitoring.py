@@ -1,5 +1,6 @@
 """``GET /metrics``: the cluster in Prometheus's text format (prometheus-client), read from Redis
-at each scrape, and the API's own request counts and latencies."""
+at each scrape (a few round trips: the job records hold their latest figures), and the API's own
+request counts and latencies."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ __all__ = ["install_metrics"]
 # Beyond the active jobs, this many of the newest are reported (their last figures stay useful
 # on a dashboard for a while); older jobs are left out so a scrape stays a few round trips.
 RECENT_JOBS = 20
-# Events read back from a run's end to find its latest epoch and each stage's latest figures.
-SCAN_EVENTS = 300
+# Methods a label may name; any other is counted as "other" (labels stay few, whatever is sent).
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 _JOB_FIGURES = {  # epoch event field -> (metric, help)
     "samples_per_s": ("arceus_job_samples_per_second", "training samples per second in the job's latest epoch"),
@@ -49,7 +50,8 @@ class ClusterCollector:
         ids = [i.decode() for i in r.zrange(keys.JOBS, 0, -1)]
         pipe = r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), "status", "run_id", "final")
+            # Written by the supervisor as the job's runs report (control.supervisor).
+            pipe.hmget(keys.job(job_id), "status", "latest_epoch", "latest_stages")
         rows = dict(zip(ids, pipe.execute(), strict=True))
         by_status = GaugeMetricFamily("arceus_jobs", "jobs by status", labels=["status"])
         counts: dict[str, int] = {}
@@ -69,32 +71,17 @@ class ClusterCollector:
         job_metrics = {f: GaugeMetricFamily(m, h, labels=["job"]) for f, (m, h) in _JOB_FIGURES.items()}
         stage_metrics = {f: GaugeMetricFamily(m, h, labels=["job", "stage"]) for f, (m, h) in _STAGE_FIGURES.items()}
         for job_id in dict.fromkeys(shown):
-            _, run_id, final = rows[job_id]
-            epoch, stages = _latest(r, job_id, run_id.decode() if run_id else "")
-            epoch = epoch or (json.loads(final) if final else None)
+            _, epoch, stages = rows[job_id]
+            epoch, stages = json.loads(epoch) if epoch else {}, json.loads(stages) if stages else {}
             for name, family in job_metrics.items():
-                if epoch and isinstance(epoch.get(name), (int, float)):
+                if isinstance(epoch.get(name), (int, float)):
                     family.add_metric([job_id], epoch[name])
-            for stage, row in sorted(stages.items()):
+            for stage, row in sorted(stages.items(), key=lambda kv: int(kv[0])):
                 for name, family in stage_metrics.items():
                     if isinstance(row.get(name), (int, float)):
-                        family.add_metric([job_id, str(stage)], row[name])
+                        family.add_metric([job_id, stage], row[name])
         yield from job_metrics.values()
         yield from stage_metrics.values()
-
-
-def _latest(r, job_id: str, run_id: str) -> tuple[dict | None, dict[int, dict]]:
-    """The run's latest epoch event and each stage's latest stage event, from its last events."""
-    if not run_id:
-        return None, {}
-    epoch, stages = None, {}
-    for _, fields in r.xrevrange(keys.RunKeys(job_id, run_id).events, count=SCAN_EVENTS):
-        event = json.loads(fields[b"e"])
-        if event["type"] == "epoch" and epoch is None:
-            epoch = event
-        elif event["type"] == "stage":
-            stages.setdefault(event["stage"], event)
-    return epoch, stages
 
 
 def install_metrics(app: Flask, control) -> None:
@@ -113,9 +100,10 @@ def install_metrics(app: Flask, control) -> None:
     @app.after_request
     def _count(response):
         route = request.url_rule.rule if request.url_rule is not None else "(no route)"
-        requests.labels(request.method, route, str(response.status_code)).inc()
+        method = request.method if request.method in _METHODS else "other"
+        requests.labels(method, route, str(response.status_code)).inc()
         if "arceus_started" in g:
-            latency.labels(request.method, route).observe(time.perf_counter() - g.arceus_started)
+            latency.labels(method, route).observe(time.perf_counter() - g.arceus_started)
         return response
 
     @app.get("/metrics")

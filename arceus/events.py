@@ -76,15 +76,19 @@ class FeedCursor:
         if not text:
             return cls()
         parts = text.split("/")
-        if len(parts) != 3 or not (
-            _ENTRY.fullmatch(parts[0]) and _RUN.fullmatch(parts[1]) and _ENTRY.fullmatch(parts[2])
-        ):
+        if len(parts) != 3 or not (_entry_ok(parts[0]) and _RUN.fullmatch(parts[1]) and _entry_ok(parts[2])):
             raise ConfigError("Last-Event-ID", f"{text[:80]!r} is not an event id of this feed (<entry>/<run>/<entry>)")
         return cls(*parts)
 
 
-_ENTRY = re.compile(r"\d{1,20}-\d{1,20}")
+_ENTRY = re.compile(r"(\d{1,20})-(\d{1,20})")
 _RUN = re.compile(r"[0-9a-zA-Z_-]{0,64}")
+
+
+def _entry_ok(text: str) -> bool:
+    """A stream entry id Redis would take: two unsigned 64-bit integers."""
+    m = _ENTRY.fullmatch(text)
+    return m is not None and int(m[1]) < 2**64 and int(m[2]) < 2**64
 
 
 class JobFeed:
@@ -94,6 +98,13 @@ class JobFeed:
     def __init__(self, r: redis.Redis, job_id: str) -> None:
         self.r, self.job_id, self.key = r, job_id, keys.job_events(job_id)
 
+    def beginning(self, run_id: str | None) -> FeedCursor:
+        """Where a reader with no cursor starts: the job's first state change; for a job made
+        before jobs had a state stream, its current run's first event."""
+        if run_id and not self.r.exists(self.key):
+            return FeedCursor(run_id=run_id)
+        return FeedCursor()
+
     def read(self, cursor: FeedCursor, block_ms: int | None = None) -> tuple[FeedCursor, list[tuple[FeedCursor, dict]]]:
         """The events after ``cursor`` (waiting up to ``block_ms`` for one), each with the cursor
         that resumes after it; and the cursor after them all. A state change that starts another
@@ -102,24 +113,28 @@ class JobFeed:
         if cursor.run_id:
             streams[RunKeys(self.job_id, cursor.run_id).events] = cursor.run
         reply = self.r.xread(streams, count=EVENTS_PER_READ, block=block_ms) or ()
-        entries = sorted(
-            (_entry_key(entry_id), key == self.key.encode(), entry_id.decode(), fields)
-            for key, items in reply
-            for entry_id, fields in items
-        )
+        # In Redis's time order; within one millisecond a run's events before a state change (a
+        # run writes its last events before the change that ends it is made).
+        entries = []
+        for key, items in reply:
+            is_state = key == self.key.encode()
+            for entry_id, fields in items:
+                ms, seq = _entry_key(entry_id)
+                entries.append(((ms, is_state, seq), entry_id.decode(), is_state, fields))
+        entries.sort(key=lambda e: e[0])
         # A stream that filled its count may hold older entries than the other's last: stop there.
         full = [_entry_key(items[-1][0]) for _, items in reply if len(items) >= EVENTS_PER_READ]
         if full:
-            entries = [e for e in entries if e[0] <= min(full)]
+            entries = [e for e in entries if (e[0][0], e[0][2]) <= min(full)]
         out = []
-        for _, is_state, entry_id, fields in entries:
+        for _, entry_id, is_state, fields in entries:
             event = json.loads(fields[b"e"])
             if not is_state:
                 cursor = FeedCursor(cursor.state, cursor.run_id, entry_id)
                 out.append((cursor, event))
                 continue
             run_id = event.get("run_id") or ""
-            moved = run_id and run_id != cursor.run_id
+            moved = bool(event.get("new_run")) and run_id != cursor.run_id
             cursor = FeedCursor(entry_id, run_id, "0-0") if moved else FeedCursor(entry_id, cursor.run_id, cursor.run)
             out.append((cursor, event))
             if moved:  # what is left of the old run is older than this; the new run's next

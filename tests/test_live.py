@@ -14,11 +14,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+import redis
 from cluster import ROOT, Cluster
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.events import MAX_FEEDS
 from arceus.control.client import ApiClient
+from arceus.control.jobs import JobStore
 
 SMALL = {"model_config": {"layer_sizes": [784, 32, 16, 10]}, "dataset_config": {"batch_size": 200}}
 
@@ -90,8 +92,26 @@ def test_the_feed_streams_a_run_as_it_happens_and_resumes_from_any_event(cluster
         rest = _feed(cluster, job_id, whole[cut][0])
         assert [ev for _, ev in rest] == [ev for _, ev in whole[cut + 1 :]], cut
 
+    # A train whose tasks could not be sent puts the old run id back: that starts no run, and the
+    # feed does not replay the old run (JobStore as Control.train does it).
+    store = JobStore(redis.Redis.from_url(cluster.redis_url))
+    old_run = cluster.ok("GET", f"/api/jobs/{job_id}")["run_id"]
+    store.transition(job_id, "training", allowed_from=("completed",), run_id="never-sent")
+    store.transition(job_id, "completed", allowed_from=("training",), run_id=old_run, error="broker down")
+    # Trained again: the new run's events once each, after the old run's.
+    cluster.ok("POST", f"/api/network/train/{job_id}", {"epochs": 1})
+    cluster.wait_for(job_id, lambda j: j["status"] == "completed" and j["run_id"] != old_run, 120, "the 2nd run")
+    again = [ev for _, ev in _feed(cluster, job_id)]
+    assert again[: len(whole) - 1] == [ev for _, ev in whole[:-1]]  # the story so far, once
+    rest = again[len(whole) - 1 :]
+    assert [(ev.get("status"), ev.get("new_run")) for ev in rest if ev["type"] == "state"] == [
+        ("training", True), ("completed", False), ("training", True), ("completed", False)]  # fmt: skip
+    assert [ev["type"] for ev in rest].count("epoch") == 1 and rest[-1]["type"] == "end"
+
     status, reply = cluster.call("GET", f"/api/jobs/{job_id}/events?after=nonsense")
     assert status == 400 and "not an event id" in reply["message"]
+    status, reply = cluster.call("GET", f"/api/jobs/{job_id}/events?after=1-{2**64}/x/0-0")
+    assert status == 400 and "not an event id" in reply["message"]  # beyond a Redis entry id
     status, reply = cluster.call("GET", "/api/jobs/nope/events")
     assert status == 404 and "nope" in reply["message"]
 
@@ -163,6 +183,11 @@ def test_prometheus_metrics_carry_jobs_devices_stages_and_requests(cluster):
     count = [s for s in m["arceus_api_request_seconds"] if s.name.endswith("_count")
              and s.labels == {"method": "GET", "route": "/api/jobs/<job_id>"}]  # fmt: skip
     assert count and count[0].value >= polls
+    req = urllib.request.Request(f"{cluster.base}/api/jobs", method="BREW")  # any method at all
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(req, timeout=30)
+    methods = {s.labels["method"] for s in _metrics(cluster)["arceus_api_requests"]}
+    assert "other" in methods and "BREW" not in methods  # labels stay few, whatever is sent
 
 
 def test_a_browser_signs_in_with_the_token_once_and_the_cookie_stands_for_it(redis_url, tmp_path):
@@ -191,8 +216,28 @@ def test_a_browser_signs_in_with_the_token_once_and_the_cookie_stands_for_it(red
             cookie = resp.headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         session = cookie.split(";")[0]
+        assert "s3cret-token" not in session  # the browser never holds the token itself
         assert [status_of(p, session) for p in ("/api/jobs", "/metrics", "/api/docs")] == [200, 200, 200]
-        assert status_of("/api/jobs", "arceus_token=guess") == 401
+        assert status_of("/api/jobs", "arceus_session=guess") == 401
+        assert status_of("/api/cluster/join", session) == 401  # the workers' Redis: for the token only
+
+        def post(headers: dict[str, str]) -> int:
+            req = urllib.request.Request(c.base + "/api/network/stop/nope", method="POST",
+                                         headers={"Cookie": session, **headers})  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        # A change made with the session must come from the API's own pages: a form on another
+        # service of this host (another port: the same site, so SameSite lets the cookie through)
+        # is refused; the dashboard's own request gets through (to a 404: no such job).
+        assert post({}) == 403
+        assert post({"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:5555"}) == 403
+        assert post({"Origin": "http://127.0.0.1:5555"}) == 403
+        assert post({"Sec-Fetch-Site": "same-origin"}) == 404
+        assert post({"Origin": c.base}) == 404
     finally:
         c.stop_all()
 
@@ -233,8 +278,16 @@ def test_the_cli_covers_the_rest_api(cluster, tmp_path):
     _arceus(cluster, "metrics", job_id, "--csv", "-o", str(tmp_path / "m.csv"))
     assert (tmp_path / "m.csv").read_text().startswith("epoch,epochs,train_loss,")
 
+    # Trained again, detached; followed from another command while it runs: its run, live.
+    detached = _arceus(cluster, "train", job_id, "--epochs", "3", "--detach").stdout
+    assert "arceus status" in detached
     follow = _arceus(cluster, "status", job_id, "--follow").stdout
-    assert "completed" in follow and "last checkpoint: step" in follow
+    assert follow.startswith(f"{job_id}  training"), follow
+    assert f"job {job_id} completed" in follow and "last checkpoint: step" in follow
+    assert len([x for x in follow.splitlines() if x.startswith("epoch ")]) == 3, follow  # this run's only
+    listed = subprocess.run([sys.executable, "-m", "arceus.cli", "jobs", "--api-url", cluster.base, "list"],
+                            cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert job_id in listed.stdout, listed.stderr  # the flag before the command holds too
     show = _arceus(cluster, "jobs", "show", job_id).stdout
     assert "stage 1: layers" in show and "on mac-" in show
     assert json.loads(_arceus(cluster, "jobs", "show", job_id, "--json").stdout)["job_id"] == job_id

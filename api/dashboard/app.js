@@ -180,7 +180,8 @@ function leaveJob() {
 
 async function showJob(jobId) {
   leaveJob();
-  const state = { jobId, epochs: new Map(), stages: new Map(), steps: [], cursor: "", source: null, job: null };
+  const state = { jobId, epochs: new Map(), stages: new Map(), steps: [], cursor: "", source: null, job: null,
+    refreshing: false, again: false };
   current = state;
   const [job, metrics, cluster, openapi] = await Promise.all([
     api("GET", `/api/jobs/${jobId}`), api("GET", `/api/jobs/${jobId}/metrics`), api("GET", "/api/cluster"),
@@ -365,7 +366,14 @@ function follow(state) {
       setProgress(ev);
       redraw();
     } else if (ev.type === "state") {
-      if (ev.status === "initializing") state.steps = []; // new weights, or a checkpoint's: steps count again
+      // A new training (not a recovery's run) starts its curves afresh, as /metrics does; new
+      // weights, or a checkpoint's, count steps again.
+      if (ev.status === "initializing" || (ev.new_run && ev.from !== "recovering")) {
+        state.epochs.clear();
+        state.stages.clear();
+        if (ev.status === "initializing") state.steps = [];
+        redraw();
+      }
       document.getElementById("status").replaceChildren(badge(ev.status));
       refreshJob(state);
     } else if (ev.type === "end") {
@@ -387,21 +395,20 @@ function refollow() {
   if (state && !state.source) follow(state);
 }
 
-// One GET at a time; a state change during it asks for one more after it.
-let refreshing = false, again = false;
+// One GET at a time per page; a state change during it asks for one more after it.
 async function refreshJob(state) {
-  if (refreshing) { again = true; return; }
-  refreshing = true;
+  if (state.refreshing) { state.again = true; return; }
+  state.refreshing = true;
   try {
     do {
-      again = false;
+      state.again = false;
       const job = await api("GET", `/api/jobs/${state.jobId}`);
       if (current === state) setJob(job);
-    } while (again && current === state);
+    } while (state.again && current === state);
   } catch (e) {
     handle(e);
   } finally {
-    refreshing = false;
+    state.refreshing = false;
   }
 }
 

@@ -26,8 +26,12 @@ __all__ = ["add_api_option", "add_commands", "checkpoint_line", "client_for", "j
 
 def add_api_option(p: argparse.ArgumentParser) -> None:
     """``--api-url``, the one flag every command that asks the API takes (the token is found for it)."""
-    p.add_argument("--api-url", help="the API (default: ARCEUS_API_URL, else http://127.0.0.1:4000); the token is "
-                   "ARCEUS_TOKEN, else the one arceus worker --join or arceus up kept for that API")  # fmt: skip
+    # SUPPRESS: given to a group (arceus jobs --api-url X list) or to its command, either holds.
+    p.add_argument(
+        "--api-url", default=argparse.SUPPRESS, help="the API (default: ARCEUS_API_URL, else "
+        "http://127.0.0.1:4000); the token is ARCEUS_TOKEN, else the one arceus worker --join or arceus up kept "
+        "for that API"
+    )  # fmt: skip
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     job = client.get(f"/api/jobs/{args.job_id}")
     print(job_line(job), flush=True)
     if args.follow and job["status"] in ACTIVE:
-        job = follow(client, args.job_id)
+        job = follow(client, args.job_id, run_id=job.get("run_id"))  # the current run, from its start
         print(job_line(job))
     for line in [checkpoint_line(job), *recovery_lines(job)]:
         if line:

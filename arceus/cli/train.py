@@ -28,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_api_option(t)
     t.add_argument("--job", type=Path, help="job JSON as POSTed to /api/jobs (default: the seed MNIST job)")
     t.add_argument("--dataset", choices=DATASETS, help="override dataset_config.name")
-    t.add_argument("--stages", type=int, default=3, help="pipeline stages, one process each (default 3)")
+    t.add_argument("--stages", type=int, help="pipeline stages, one process each (default 3)")
     add_train_options(t)
     t.add_argument("--device", help="torch device for every stage (default: mps > cuda > cpu)")
     t.add_argument("--no-fallback", action="store_true", help="fail instead of using the 'digits' stand-in")
@@ -92,15 +92,16 @@ def _train_api_job(args: argparse.Namespace) -> int:
 
 
 # The flags of a local run, and their defaults: none of them means anything to a job of the API.
-_LOCAL_ONLY = {"job": None, "dataset": None, "stages": 3, "device": None, "no_fallback": False, "json": False,
+_LOCAL_ONLY = {"job": None, "dataset": None, "stages": None, "device": None, "no_fallback": False, "json": False,
                "job_id": None, "resume": None}  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.api_job:
         return _train_api_job(args)
-    if args.detach or args.api_url:
+    if args.detach or getattr(args, "api_url", None):
         raise ConfigError("--detach" if args.detach else "--api-url", "is for a job of the API: `arceus train JOB`")
+    args.stages = 3 if args.stages is None else args.stages
     settings = Settings.from_env()
     train = train_config(args)  # checked before the dataset is probed
     job = _job(args, settings)

@@ -139,8 +139,11 @@ class JobStore:
                     mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()})
                     pipe.multi()
                     pipe.hset(key, mapping=mapping)
-                    new_run = str(fields.get("run_id", run_id))
-                    _state_event(pipe, job_id, current, to, new_run, str(fields.get("error", "")))
+                    now_run = str(fields.get("run_id", run_id))
+                    # A run starts (a train, a recovery) when the run id changes to a new one; a
+                    # train whose tasks could not be sent puts the old id back, which starts nothing.
+                    started = bool(now_run) and now_run != run_id and to == "training"
+                    _state_event(pipe, job_id, current, to, now_run, str(fields.get("error", "")), started)
                     if to in ACTIVE:
                         pipe.sadd(keys.ACTIVE_JOBS, job_id)
                     else:
@@ -239,10 +242,13 @@ class JobStore:
 STATE_EVENTS_KEPT = 1000
 
 
-def _state_event(pipe: redis.client.Pipeline, job_id: str, before: str | None, to: str, run: str, error: str) -> None:
-    """Queue the job's state change on its event stream (in the transition's own transaction)."""
+def _state_event(
+    pipe: redis.client.Pipeline, job_id: str, before: str | None, to: str, run: str, error: str, started: bool = False
+) -> None:
+    """Queue the job's state change on its event stream (in the transition's own transaction);
+    ``started``: the change starts run ``run`` (its events follow in the job's feed)."""
     event = {"type": "state", "time": _now(), "from": before, "status": to, "run_id": run or None,
-             "error": error or None}  # fmt: skip
+             "error": error or None, "new_run": started}  # fmt: skip
     pipe.xadd(keys.job_events(job_id), {"e": json.dumps(event)}, maxlen=STATE_EVENTS_KEPT, approximate=True)
 
 

@@ -82,6 +82,7 @@ class _Run:
 
     def __init__(self, r: redis.Redis, store: CheckpointStore, job: dict) -> None:
         self.spec = run_spec(job)
+        self.jobs = JobStore(r)
         self.collector = CheckpointCollector(r, store, self.spec)
         self.events = EventLog(r, self.spec.keys)
         self.liveness = RunLiveness(r, self.spec.keys)
@@ -92,19 +93,24 @@ class _Run:
         self.stage_rows: list[dict] = []
 
     def read(self) -> int:
-        """Take every event written since the last read; returns how many there were."""
-        n = 0
+        """Take every event written since the last read; returns how many there were. The
+        latest epoch row and each stage's latest row go to the job's record (``/metrics``)."""
+        n, latest = 0, {}
         for entry_id, ev in self.events.read(self.cursor):
             self.cursor, n = entry_id, n + 1
             self.collector.handle(ev)
             if ev["type"] == "epoch":
                 self.epochs.append(ev)
+                latest["latest_epoch"] = ev
             elif ev["type"] == "stage":
                 self.stage_rows.append(ev)
+                latest["latest_stages"] = {str(s["stage"]): s for s in self.stage_rows}
             elif ev["type"] == "stage_done":
                 self.done.add(int(ev["stage"]))
             elif ev["type"] == "progress":
                 self.step = max(self.step, int(ev.get("job_step", 0)))
+        if latest:
+            self.jobs.set_fields(self.spec.job_id, **latest)
         return n
 
     def lost_stage(self) -> int | None:
