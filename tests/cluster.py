@@ -16,9 +16,21 @@ from arceus.launch.control_plane import LocalCluster
 from arceus.launch.procs import free_port
 from arceus.settings import Settings
 
-__all__ = ["ROOT", "Cluster", "free_port"]
+__all__ = ["ROOT", "SMALL", "Cluster", "free_port", "until_epoch"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# A job that trains in a second or two on the tests' MNIST files.
+SMALL = {"model_config": {"layer_sizes": [784, 32, 16, 10]}, "dataset_config": {"batch_size": 200}}
+
+
+def until_epoch(client: ApiClient, job_id: str, epoch: int) -> None:
+    """Return as soon as the job's live feed reports a step of epoch ``epoch`` or later (a poll
+    of the job can miss an epoch that lasts under a second); fail if the job ends first."""
+    for ev in client.events(f"/api/jobs/{job_id}/events"):
+        if ev["type"] in ("progress", "epoch") and ev["epoch"] >= epoch:
+            return
+        if ev["type"] == "end":
+            raise AssertionError(f"job {job_id} ended ({ev['status']}) before epoch {epoch} was reported")
 
 
 class Cluster(LocalCluster):
@@ -43,6 +55,14 @@ class Cluster(LocalCluster):
             yield c
         finally:
             c.stop_all()
+
+    def join(self, *names: str) -> list[str]:
+        """Start `arceus worker --join` for each name; their device ids once all are live."""
+        for name in names:
+            self.start_device(name, threads=1)
+        self.wait_for_workers(len(names))
+        by_name = {d["name"]: d["device_id"] for d in self.ok("GET", "/api/devices")["devices"] if d["alive"]}
+        return [by_name[n] for n in names]
 
     @property
     def env(self) -> dict[str, str]:

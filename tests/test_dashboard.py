@@ -56,12 +56,6 @@ def page(chromium, cluster):
     context.close()
 
 
-def _devices(c: Cluster, *names: str) -> None:
-    for name in names:
-        c.start_device(name, threads=1)
-    c.wait_for_workers(len(names))
-
-
 def _shots() -> Path | None:
     where = os.environ.get("ARCEUS_SCREENSHOTS")
     if where:
@@ -74,7 +68,7 @@ def _points(page, chart: str, series: str) -> int:
 
 
 def test_a_job_created_in_the_page_trains_with_live_curves(cluster, page):
-    _devices(cluster, "mac-a", "mac-b")
+    cluster.join("mac-a", "mac-b")
     page.goto(cluster.base + "/")
     sync_api.expect(page.locator("#devices tbody tr")).to_have_count(2)
     sync_api.expect(page.locator("#devices")).to_contain_text("alive")
@@ -128,7 +122,7 @@ def test_a_job_created_in_the_page_trains_with_live_curves(cluster, page):
 
 
 def test_stop_from_the_page_and_a_failed_jobs_error(cluster, page):
-    _devices(cluster, "mac-a", "mac-b")
+    cluster.join("mac-a", "mac-b")
     job_id = cluster.ok("POST", "/api/jobs", JOB)["job_id"]
     cluster.ok("POST", f"/api/network/initialize/{job_id}")
     cluster.ok("POST", f"/api/network/train/{job_id}", {"epochs": 500})

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import redis
-from cluster import Cluster
+from cluster import Cluster, until_epoch
 from conftest import write_mnist
 
 from arceus import keys
@@ -98,7 +98,7 @@ def cluster(redis_url, tmp_path):
 
 def test_killing_the_api_mid_run_loses_nothing(cluster):
     job_id = _start_job(cluster)
-    _wait(cluster, job_id, lambda j: (j.get("progress") or {}).get("epoch") == 2, 120, "epoch 2")
+    until_epoch(cluster.client(), job_id, 2)  # then mid-run: epoch 2 of 4 under way
     cluster.kill("api")  # SIGKILL: its supervisor thread dies mid-pass
     time.sleep(2)
     cluster.start_api()
@@ -115,7 +115,7 @@ def test_restarting_redis_mid_run_never_leaves_the_job_training(tmp_path):
     settings = replace(settings, redis_url=None)
     with LocalCluster(settings, port=0, logs=tmp_path, persist=True) as c:
         job_id = _start_job(c, devices=3)
-        _wait(c, job_id, lambda j: (j.get("progress") or {}).get("epoch") == 2, 120, "epoch 2")
+        until_epoch(c.client(), job_id, 2)
         c.redis.stop()  # SIGTERM: the append-only file is flushed; every client loses its connection
         time.sleep(1)
         c.redis.start()  # the same port and data

@@ -17,27 +17,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from cluster import ROOT, Cluster
+from cluster import ROOT, SMALL, Cluster
 from conftest import write_mnist
 
 from arceus.control.client import ApiClient
 from arceus.launch.redis_server import EmbeddedRedis
 
-SMALL = {"model_config": {"layer_sizes": [784, 32, 16, 10]}, "dataset_config": {"batch_size": 200}}
-
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
     yield from Cluster.serving(redis_url, tmp_path, mnist=(1200, 200))
-
-
-def _devices(c: Cluster, *names: str) -> list[str]:
-    """Start `arceus worker --join` for each name; their device ids once all are live."""
-    for name in names:
-        c.start_device(name, threads=1)
-    c.wait_for_workers(len(names))
-    by_name = {d["name"]: d["device_id"] for d in c.ok("GET", "/api/devices")["devices"] if d["alive"]}
-    return [by_name[n] for n in names]
 
 
 def _train(c: Cluster, job_id: str, epochs: int = 1) -> dict:
@@ -64,7 +53,7 @@ def _processes_serving(queue: str) -> list[int]:
 
 def test_jobs_share_the_pool_with_no_restarts(cluster):
     """Workers join once; a second and a third job train on them, none restarted."""
-    a, b = _devices(cluster, "mac-a", "mac-b")
+    a, b = cluster.join("mac-a", "mac-b")
     pids = {name: p.pid for name, p in cluster.procs.items()}
     for i in range(3):
         job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
@@ -80,7 +69,7 @@ def test_jobs_share_the_pool_with_no_restarts(cluster):
 
 
 def test_fifty_concurrent_worker_listings_then_a_train_that_starts(cluster):
-    _devices(cluster, "mac-a", "mac-b")
+    cluster.join("mac-a", "mac-b")
     job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
     cluster.ok("POST", f"/api/network/initialize/{job_id}")
     with ThreadPoolExecutor(50) as pool:
@@ -118,7 +107,7 @@ def test_a_missing_dataset_is_409_at_initialize(redis_url, tmp_path):
     c = Cluster(redis_url, tmp_path / "empty", tmp_path)  # no MNIST files there, and no download
     c.start_api()
     try:
-        (device,) = _devices(c, "mac")
+        (device,) = c.join("mac")
         job_id = c.ok("POST", "/api/jobs", SMALL)["job_id"]
         status, reply = c.call("POST", f"/api/network/initialize/{job_id}")
         assert status == 409, reply
@@ -188,7 +177,7 @@ def test_every_route_needs_the_token(redis_url, tmp_path):
 
 
 def test_a_sigtermed_worker_leaves_no_process_and_gives_its_device_up(cluster):
-    (device,) = _devices(cluster, "mac")
+    (device,) = cluster.join("mac")
     queue = f"device-{device}"
     assert len(_processes_serving(queue)) == 1  # the Celery worker
     proc = cluster.procs.pop("device-mac")
@@ -199,11 +188,11 @@ def test_a_sigtermed_worker_leaves_no_process_and_gives_its_device_up(cluster):
         time.sleep(0.2)
     assert _processes_serving(queue) == []
     assert not cluster.ok("GET", f"/api/devices/{device}")["alive"]  # the lease is given up at once
-    assert _devices(cluster, "mac") == [device]  # and the same name takes the device back, no waiting
+    assert cluster.join("mac") == [device]  # and the same name takes the device back, no waiting
 
 
 def test_a_killed_worker_comes_back_as_the_same_device(cluster):
-    (device,) = _devices(cluster, "mac")
+    (device,) = cluster.join("mac")
     proc = cluster.procs.pop("device-mac")
     for pid in _processes_serving(f"device-{device}"):
         os.kill(pid, signal.SIGKILL)
@@ -229,7 +218,7 @@ def test_redis_restarted_without_its_data_reuses_no_id_and_workers_register_agai
     c = Cluster(server.url, tmp_path / "data", tmp_path)
     try:
         c.start_api()
-        before = _devices(c, "mac-a", "mac-b")
+        before = c.join("mac-a", "mac-b")
         server.stop()
         status, reply = c.call("GET", "/api/jobs")
         assert status == 503 and "Redis does not answer" in reply["message"], reply
@@ -287,7 +276,7 @@ def test_worker_redis_user_cannot_administer(tmp_path):
 def test_a_recovery_takes_as_many_free_devices_as_the_model_can_use(cluster):
     """Lost: one of two stages, with three devices free in the pool. The recovery plans over two of
     them (not all four live ones, which two units cannot be split over) and the job completes."""
-    devices = _devices(cluster, "a", "b", "c", "d")
+    devices = cluster.join("a", "b", "c", "d")
     job_id = cluster.ok("POST", "/api/jobs", {**SMALL, "model_config": {"layer_sizes": [784, 32, 10]}})["job_id"]
     init = cluster.ok("POST", f"/api/network/initialize/{job_id}", {"devices": devices[:2]})
     assert [s["device_id"] for s in init["plan"]] == devices[:2]

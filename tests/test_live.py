@@ -15,27 +15,17 @@ import urllib.request
 
 import pytest
 import redis
-from cluster import ROOT, Cluster
+from cluster import ROOT, SMALL, Cluster
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.events import MAX_FEEDS
 from arceus.control.client import ApiClient
 from arceus.control.jobs import JobStore
 
-SMALL = {"model_config": {"layer_sizes": [784, 32, 16, 10]}, "dataset_config": {"batch_size": 200}}
-
 
 @pytest.fixture
 def cluster(redis_url, tmp_path):
     yield from Cluster.serving(redis_url, tmp_path, mnist=(1200, 200))
-
-
-def _devices(c: Cluster, *names: str) -> list[str]:
-    for name in names:
-        c.start_device(name, threads=1)
-    c.wait_for_workers(len(names))
-    by_name = {d["name"]: d["device_id"] for d in c.ok("GET", "/api/devices")["devices"] if d["alive"]}
-    return [by_name[n] for n in names]
 
 
 def _feed(c: Cluster, job_id: str, last_id: str | None = None) -> list[tuple[str | None, dict]]:
@@ -58,7 +48,7 @@ def _feed(c: Cluster, job_id: str, last_id: str | None = None) -> list[tuple[str
 
 
 def test_the_feed_streams_a_run_as_it_happens_and_resumes_from_any_event(cluster):
-    _devices(cluster, "a", "b")
+    cluster.join("a", "b")
     job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
     cluster.ok("POST", f"/api/network/initialize/{job_id}")
     live: list[tuple[float, dict]] = []
@@ -157,7 +147,7 @@ def _value(samples: list, **labels: str) -> float:
 
 
 def test_prometheus_metrics_carry_jobs_devices_stages_and_requests(cluster):
-    _devices(cluster, "a", "b")
+    cluster.join("a", "b")
     job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
     idle = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
     cluster.ok("POST", f"/api/network/initialize/{job_id}")
@@ -251,7 +241,7 @@ def _arceus(c: Cluster, *args: str, ok: bool = True) -> subprocess.CompletedProc
 
 
 def test_the_cli_covers_the_rest_api(cluster, tmp_path):
-    _devices(cluster, "mac-a", "mac-b")
+    cluster.join("mac-a", "mac-b")
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(SMALL))
     job_id = _arceus(cluster, "jobs", "create", "--job", str(spec)).stdout.strip()
@@ -279,12 +269,13 @@ def test_the_cli_covers_the_rest_api(cluster, tmp_path):
     assert (tmp_path / "m.csv").read_text().startswith("epoch,epochs,train_loss,")
 
     # Trained again, detached; followed from another command while it runs: its run, live.
-    detached = _arceus(cluster, "train", job_id, "--epochs", "3", "--detach").stdout
+    # (60 short epochs: still training when the second command has started.)
+    detached = _arceus(cluster, "train", job_id, "--epochs", "60", "--detach").stdout
     assert "arceus status" in detached
     follow = _arceus(cluster, "status", job_id, "--follow").stdout
     assert follow.startswith(f"{job_id}  training"), follow
     assert f"job {job_id} completed" in follow and "last checkpoint: step" in follow
-    assert len([x for x in follow.splitlines() if x.startswith("epoch ")]) == 3, follow  # this run's only
+    assert len([x for x in follow.splitlines() if x.startswith("epoch ")]) == 60, follow  # this run's only
     listed = subprocess.run([sys.executable, "-m", "arceus.cli", "jobs", "--api-url", cluster.base, "list"],
                             cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert job_id in listed.stdout, listed.stderr  # the flag before the command holds too

@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from cluster import Cluster
+from cluster import Cluster, until_epoch
 from torch.testing import assert_close
 
 from arceus import load_model
@@ -46,7 +46,7 @@ def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster,
     cluster.wait_live(devices)
     cluster.ok("POST", f"/api/network/initialize/{job_id}", {"seed": 3})
     cluster.ok("POST", f"/api/network/train/{job_id}", TRAIN)
-    cluster.wait_for(job_id, lambda j: (j.get("progress") or {}).get("epoch") == 2, 120, "epoch 2")
+    until_epoch(cluster.client(), job_id, 2)  # then mid-run: epoch 2 under way
     cluster.kill(f"worker-{devices[1]}")  # SIGKILL: no goodbye
     t_kill = time.monotonic()
     job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 30, "the loss to be noticed")
