@@ -76,7 +76,7 @@ def stage_pids(parent: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and b"multiprocessing" in cmd:
+        if int(fields[1]) == parent and b"spawn_main" in cmd:  # not the resource tracker
             found.append((int(fields[19]), int(entry.name)))
     return [pid for _, pid in sorted(found)]
 
@@ -87,9 +87,9 @@ def parse(path: Path) -> list[tuple[list[str], int]]:
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        if "MainThread" not in frames[0] and "process" not in frames[0]:
-            continue  # the prefetch thread's own stacks: not the stage's critical path
-        stacks.append((frames[1:], int(count)))
+        if "_bootstrap (" in frames[0]:
+            continue  # another thread (prefetch, heartbeat): not the stage's critical path
+        stacks.append((frames, int(count)))
     return stacks
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--micro-batches", type=int, default=1)
     p.add_argument("--schedule", default="gpipe")
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--samples", type=int, default=60000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
@@ -123,9 +123,9 @@ def main() -> None:
                 started.set()
                 for s, pid in enumerate(stage_pids(os.getpid())):
                     recorders.append(subprocess.Popen(
-                        [spy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate",
+                        [spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate",
                          str(args.rate), "--idle", "--format", "raw", "--output", str(out / f"stage{s}.txt")],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL, stderr=open(out / f"stage{s}.err", "w"),
                     ))  # fmt: skip
                 progress.append((time.monotonic(), -1))  # marks the start of the window
 
