@@ -76,20 +76,35 @@ def _checkpoint(step: int, per_epoch: int, end_epoch: int) -> Msg:
     return Msg({"kind": "checkpoint", "step": step, "epoch": epoch, "batch": batch, "end_epoch": end_epoch})
 
 
-def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Gather batch k+1 in a thread while batch k trains: a random gather from a large
-    dataset is memory-bound and would otherwise sit on the pipeline's critical path."""
+# Batches gathered per hand-off to the prefetch thread, bounded by their bytes: a hand-off costs
+# more than gathering a small batch (0.3-0.4 ms of stage 0's step for the seed job, measured by
+# bench/profile_stages.py), so small batches travel in chunks.
+PREFETCH_BYTES = 8 << 20
+PREFETCH_MAX_BATCHES = 32
 
-    def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return data.train_x[idx], data.train_y[idx]
+
+def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Gather the next chunk of batches in a thread while this chunk trains: a random gather from
+    a large dataset is memory-bound and would otherwise sit on the pipeline's critical path."""
+    if not batches:
+        return
+    row_bytes = data.train_x[:1].numel() * data.train_x.element_size()
+    per_chunk = max(1, min(PREFETCH_MAX_BATCHES, PREFETCH_BYTES // max(1, row_bytes * len(batches[0]))))
+    chunks = [batches[k : k + per_chunk] for k in range(0, len(batches), per_chunk)]
+
+    def gather(chunk: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        idx = torch.cat(chunk)
+        xs, ys = data.train_x[idx], data.train_y[idx]
+        sizes = [len(b) for b in chunk]
+        return list(zip(xs.split(sizes), ys.split(sizes), strict=True))
 
     with ThreadPoolExecutor(1, thread_name_prefix="arceus-prefetch") as pool:
-        nxt = pool.submit(gather, batches[0]) if batches else None
-        for k in range(len(batches)):
-            batch = nxt.result()
-            if k + 1 < len(batches):
-                nxt = pool.submit(gather, batches[k + 1])
-            yield batch
+        nxt = pool.submit(gather, chunks[0])
+        for k in range(len(chunks)):
+            ready = nxt.result()
+            if k + 1 < len(chunks):
+                nxt = pool.submit(gather, chunks[k + 1])
+            yield from ready
 
 
 def check_batchnorm_rows(spec: RunSpec, samples: int) -> None:
