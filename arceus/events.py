@@ -120,14 +120,14 @@ class JobFeed:
             is_state = key == self.key.encode()
             for entry_id, fields in items:
                 ms, seq = _entry_key(entry_id)
-                entries.append(((ms, is_state, seq), entry_id.decode(), is_state, fields))
-        entries.sort(key=lambda e: e[0])
+                entries.append((ms, is_state, seq, entry_id.decode(), fields))
+        entries.sort(key=lambda e: e[:3])
         # A stream that filled its count may hold older entries than the other's last: stop there.
         full = [_entry_key(items[-1][0]) for _, items in reply if len(items) >= EVENTS_PER_READ]
         if full:
-            entries = [e for e in entries if (e[0][0], e[0][2]) <= min(full)]
+            entries = [e for e in entries if (e[0], e[2]) <= min(full)]
         out = []
-        for _, entry_id, is_state, fields in entries:
+        for _, is_state, _, entry_id, fields in entries:
             event = json.loads(fields[b"e"])
             if not is_state:
                 cursor = FeedCursor(cursor.state, cursor.run_id, entry_id)

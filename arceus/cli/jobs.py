@@ -34,67 +34,45 @@ def add_api_option(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _command(sub: argparse._SubParsersAction, name: str, help: str, func, job: bool = True) -> argparse.ArgumentParser:
+    """A command that asks the API: its parser (with JOB first where it acts on one) and --api-url."""
+    p = sub.add_parser(name, help=help)
+    if job:
+        p.add_argument("job_id", metavar="JOB", help="the job's id (arceus jobs list shows them)")
+    add_api_option(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    st = sub.add_parser("status", help="a job's status, progress and latest metrics")
-    st.add_argument("job_id")
+    st = _command(sub, "status", "a job's status, progress and latest metrics", cmd_status)
     st.add_argument("--follow", "-f", action="store_true", help="follow the job's live feed until it ends")
-    add_api_option(st)
-    st.set_defaults(func=cmd_status)
 
-    jobs = sub.add_parser("jobs", help="create, list, show and delete jobs (alone: list them)")
-    add_api_option(jobs)
-    jobs.set_defaults(func=cmd_jobs_list)
+    jobs = _command(sub, "jobs", "create, list, show and delete jobs (alone: list them)", cmd_jobs_list, job=False)
     each = jobs.add_subparsers(dest="jobs_command")
-    create = each.add_parser("create", help="create a job (POST /api/jobs) and print its id")
+    create = _command(each, "create", "create a job (POST /api/jobs) and print its id", cmd_jobs_create, job=False)
     create.add_argument("--job", type=Path, help="the job JSON, as POSTed to /api/jobs (default: the seed MNIST job)")
-    add_api_option(create)
-    create.set_defaults(func=cmd_jobs_create)
-    ls = each.add_parser("list", help="the jobs, oldest first")
-    add_api_option(ls)
-    ls.set_defaults(func=cmd_jobs_list)
-    show = each.add_parser("show", help="a job: status, plan, latest figures, checkpoints, recoveries")
-    show.add_argument("job_id")
+    _command(each, "list", "the jobs, oldest first", cmd_jobs_list, job=False)
+    show = _command(each, "show", "a job: status, plan, latest figures, checkpoints, recoveries", cmd_jobs_show)
     show.add_argument("--json", action="store_true", help="the API's JSON as it is")
-    add_api_option(show)
-    show.set_defaults(func=cmd_jobs_show)
-    rm = each.add_parser("delete", help="delete a job that is not running, with its checkpoints")
-    rm.add_argument("job_id")
-    add_api_option(rm)
-    rm.set_defaults(func=cmd_jobs_delete)
+    _command(each, "delete", "delete a job that is not running, with its checkpoints", cmd_jobs_delete)
 
-    init = sub.add_parser("init", help="initialize a job: plan it over devices, every worker loads its shard")
-    init.add_argument("job_id")
+    init = _command(sub, "init", "initialize a job: plan it over devices, every worker loads its shard", cmd_init)
     init.add_argument("--seed", type=int, default=0, help="seeds the new weights (default 0)")
     init.add_argument("--checkpoint", help="load a checkpoint of the job instead: 'latest' or a step")
     init.add_argument(
         "--devices", nargs="+", metavar="ID", help="the devices to plan over (default: the job's own, else every "
         "free live device)"
     )  # fmt: skip
-    add_api_option(init)
-    init.set_defaults(func=cmd_init)
-
-    stop = sub.add_parser("stop", help="stop a job that is training")
-    stop.add_argument("job_id")
-    add_api_option(stop)
-    stop.set_defaults(func=cmd_stop)
-
-    dev = sub.add_parser("devices", help="the device pool: each device's host, torch device, queue and liveness")
-    add_api_option(dev)
-    dev.set_defaults(func=cmd_devices)
-
-    met = sub.add_parser("metrics", help="a job's per-epoch history (a table, or CSV for spreadsheets)")
-    met.add_argument("job_id")
+    _command(sub, "stop", "stop a job that is training", cmd_stop)
+    _command(sub, "devices", "the device pool: each device's host, torch device, queue and liveness", cmd_devices,
+             job=False)  # fmt: skip
+    met = _command(sub, "metrics", "a job's per-epoch history (a table, or CSV for spreadsheets)", cmd_metrics)
     met.add_argument("--csv", action="store_true", help="write CSV: one row per epoch")
     met.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
-    add_api_option(met)
-    met.set_defaults(func=cmd_metrics)
-
-    ex = sub.add_parser("export", help="download a job's trained model as one .safetensors file")
-    ex.add_argument("job_id")
+    ex = _command(sub, "export", "download a job's trained model as one .safetensors file", cmd_export)
     ex.add_argument("-o", "--output", type=Path, help="where to write it (default: <job>-step<N>.safetensors)")
     ex.add_argument("--checkpoint", default="latest", help="the step of a checkpoint (default: the latest)")
-    add_api_option(ex)
-    ex.set_defaults(func=cmd_export)
 
 
 def client_for(args: argparse.Namespace) -> ApiClient:
