@@ -382,7 +382,6 @@ def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
 
 
 def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
-    import signal
     import subprocess
     import sys
 

@@ -104,11 +104,13 @@ class _Run:
                 latest["latest_epoch"] = ev
             elif ev["type"] == "stage":
                 self.stage_rows.append(ev)
-                latest["latest_stages"] = {str(s["stage"]): s for s in self.stage_rows}
+                latest["latest_stages"] = None  # made once, below
             elif ev["type"] == "stage_done":
                 self.done.add(int(ev["stage"]))
             elif ev["type"] == "progress":
                 self.step = max(self.step, int(ev.get("job_step", 0)))
+        if "latest_stages" in latest:  # each stage's newest row
+            latest["latest_stages"] = {str(s["stage"]): s for s in self.stage_rows}
         if latest:
             self.jobs.set_fields(self.spec.job_id, **latest)
         return n
