@@ -27,6 +27,7 @@ from arceus.errors import ArceusError, Conflict, NotFound, UpstreamError
 from arceus.events import EventLog
 from arceus.keys import UNLOAD_EXPIRES_S, RunKeys, queue_for
 from arceus.liveness import HEARTBEAT_TTL_S, RunLiveness
+from arceus.plan import wires
 from arceus.plan.partition import StageAssignment, plan, units
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
@@ -42,11 +43,25 @@ log = logging.getLogger(__name__)
 
 
 def _capacity(device: dict) -> int | None:
-    """Bytes the device reported it can hold: its GPU's memory for CUDA, else the machine's (MPS
-    shares it); None when it reported nothing."""
+    """Bytes the device can hold: the least of its memory (its GPU's for CUDA, else the machine's,
+    which MPS shares) and what its worker found free as it started; None when it reported neither."""
     on_gpu = str(device.get("torch_device", "")).startswith("cuda")
-    gb = device.get("accelerator_memory_gb") if on_gpu else device.get("memory_gb")
-    return int(gb * 2**30) if gb else None
+    total = device.get("accelerator_memory_gb") if on_gpu else device.get("memory_gb")
+    known = [gb for gb in (total, device.get("free_memory_gb")) if gb]
+    return int(min(known) * 2**30) if known else None
+
+
+def _with_links(shards: list[StageAssignment], confirmed: list[dict]) -> list[StageAssignment]:
+    """The plan with each link's wire, from what the stages' workers measured as they loaded."""
+    reports = {info.get("stage"): info.get("link") for info in confirmed}
+    if len(shards) < 2 or any(not isinstance(reports.get(s.stage), dict) for s in shards):
+        return shards  # a worker of before links were measured: "auto" falls back to wires.FALLBACK
+    try:
+        return wires.choose(shards, [reports[s.stage] for s in shards])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        log.warning("the workers' link reports do not add up (%s: %s): auto falls back to %s",
+                    type(e).__name__, e, wires.FALLBACK)  # fmt: skip
+        return shards
 
 
 def _no_worker(device: dict) -> str:
@@ -108,6 +123,7 @@ class Control:
             self.store.transition(job_id, "initializing", error="", reserved=[s.device_id for s in shards])
         step = manifest["step"] if manifest is not None else 0
         confirmed = self._load(job_id, shards, config, seed, manifest)
+        shards = _with_links(shards, confirmed)
         # Loaded: the checkpoints past its step saved a future that is not this one's (an
         # initialization that fails keeps them, to be loaded again).
         self.checkpoints.drop_after(job_id, step)
@@ -180,8 +196,9 @@ class Control:
 
     def _plan(self, config: JobConfig, devices: list[dict]) -> list[StageAssignment]:
         # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
+        # With every device's measured speed, the split and the devices' order minimise the slowest stage's time.
         return plan(config.layers, [d["device_id"] for d in devices], [_capacity(d) for d in devices],
-                    rows=config.dataset.batch_size)  # fmt: skip
+                    rows=config.dataset.batch_size, gflops=[d.get("gflops") for d in devices])  # fmt: skip
 
     def _load(
         self, job_id: str, shards: list[StageAssignment], config: JobConfig, seed: int, manifest: dict | None
@@ -288,7 +305,7 @@ class Control:
                 pass
             return
         try:
-            self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest)
+            shards = _with_links(shards, self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest))
         except ArceusError:  # the job is failed with the reason (or was stopped meanwhile)
             return
         resumed = TrainConfig.parse({**train.to_dict(), "epochs": epochs})

@@ -282,6 +282,10 @@ class DeviceSchema(DeviceRegisterSchema):
 
     device_id = fields.String()
     queue = fields.String(metadata={"description": "the Celery queue its worker serves: device-<device_id>"})
+    gflops = fields.Float(metadata={"description": "fp32 matmul GFLOP/s its worker measured as it started"})
+    free_memory_gb = fields.Float(
+        metadata={"description": "GiB free on its torch device (the machine's available memory for CPU and "
+                                 "MPS) as its worker started; the plan keeps within it"})  # fmt: skip
     registered_at = fields.Float(metadata={"description": "Unix time"})
     alive = fields.Boolean(metadata={"description": f"its worker's heartbeat was heard within {LEASE_S:.0f}s"})
     worker = fields.String(allow_none=True, metadata={"description": "the Celery worker serving it (device-<id>@host)"})
@@ -305,6 +309,18 @@ class WorkersSchema(Schema):
     )
 
 
+class LinkPlanSchema(Schema):
+    to_stage = fields.Integer(metadata={"description": "the stage it sends activations to, and hears gradients from"})
+    wire = fields.String(metadata={"description": "fp32, fp16 or int8: what a run with wire auto sends on this link"})
+    reason = fields.String(metadata={"description": "why, from what both ends measured at initialize"})
+    ms = fields.Dict(
+        keys=fields.String(), values=fields.Float(),
+        metadata={"description": "estimated ms to move a batch's activations over and its gradients back, per wire"},
+    )  # fmt: skip
+    bytes = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                        metadata={"description": "bytes of a batch's activations on the wire, per wire"})  # fmt: skip
+
+
 class StagePlanSchema(Schema):
     stage = fields.Integer()
     start_layer = fields.Integer(metadata={"description": "first layer held (inclusive)"})
@@ -315,6 +331,12 @@ class StagePlanSchema(Schema):
     memory_bytes = fields.Integer(
         metadata={"description": "estimated memory: weights, gradients, optimizer state, a batch of activations"}
     )
+    expected_ms = fields.Float(
+        allow_none=True,
+        metadata={"description": "compute ms a batch, from its FLOPs and its device's measured GFLOP/s"},
+    )
+    link = fields.Nested(LinkPlanSchema, allow_none=True,
+                         metadata={"description": "the link to the next stage (none for the last stage)"})  # fmt: skip
 
 
 class ShardLoadedSchema(Schema):
@@ -324,6 +346,8 @@ class ShardLoadedSchema(Schema):
     end_layer = fields.Integer()
     parameters = fields.Integer()
     torch_device = fields.String()
+    link = fields.Dict(metadata={"description": "what the worker measured: its leg to Redis (round trip, MB/s "
+                                                "each way) and each wire's bytes, encode and decode ms"})  # fmt: skip
 
 
 class InitializedSchema(Schema):

@@ -87,6 +87,11 @@ def restore(job_id: str, stage: int) -> str:
     return f"{job(job_id)}:restore:{stage}"
 
 
+def probe(job_id: str, stage: int) -> str:
+    """String, for a few seconds: the payload a stage's worker times its leg to Redis with (``engine.probe``)."""
+    return f"{job(job_id)}:probe:{stage}"
+
+
 def device(device_id: str) -> str:
     """String: the device's JSON record (what its worker reported, its queue)."""
     return f"{NAMESPACE}:device:{device_id}"
@@ -187,6 +192,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (job_devices("*"), "set", "the devices registered for a job"),
     (job_events("*"), "stream", "a job's state changes"),
     (restore("*", "*"), "list", "the checkpoint slice a stage loads next"),
+    (probe("*", "*"), "string", "the payload a stage times its link with"),
     (ACTIVE_JOBS, "set", "the jobs initializing, training or recovering"),
     (DEVICES, "set", "all device ids"),
     (DEVICE_NAMES, "hash", "device names and the ids holding them"),

@@ -1,7 +1,7 @@
 """A LAN stand-in: one network namespace per host, each cabled to a switch (a bridge in its
 own namespace) by a veth pair whose two ends are rate-limited with tc tbf.
 
-    sudo python -m bench.lan [--stages 2] [--rates 100mbit 1gbit] [--model wide] [--wires int8 fp32]
+    sudo python -m bench.lan [--stages 2] [--rates 100mbit 1gbit] [--model wide] [--wires auto int8 fp32]
                              [--repeats 1]
 
 Host i (namespace arc-h<i>, 10.213.0.<i+1>) runs stage i. Redis runs on the host of the
@@ -24,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
 from arceus.launch.redis_server import find_redis_server
+from arceus.plan import wires
 from arceus.plan.partition import plan
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
@@ -103,6 +105,14 @@ def run_arceus(
         spec_file.write_text(json.dumps(spec.to_dict()))
         url = f"redis://{redis_addr}:{REDIS_PORT}/0"
         env = {**os.environ, "ARCEUS_DATA_DIR": str(tmp)}
+        if wire == "auto":  # each stage measures its links from its host, as a worker does at initialize
+            probe = [sys.executable, "-m", "bench.lan_stage", "--probe", str(spec_file)]
+            reports = []
+            for s in range(stages):
+                p = in_ns(host(s)[0], *probe, str(s), url, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                reports.append(json.loads(_communicate(p, 120)[0].splitlines()[-1]))
+            spec = replace(spec, stages=tuple(wires.choose(spec.stages, reports)))
+            spec_file.write_text(json.dumps(spec.to_dict()))
         cmd = [sys.executable, "-m", "bench.lan_stage", str(spec_file)]
         procs = [
             in_ns(host(s)[0], *cmd, str(s), url, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -115,7 +125,8 @@ def run_arceus(
         rows = [json.loads(line) for line in outs[-1][0].splitlines() if line.startswith("{")]
         epochs = [r for r in rows if r["type"] == "epoch"]
         stage_rows = [r for r in rows if r["type"] == "stage"]
-        return {"samples_per_s": median_rate(epochs), "busy": last_epoch_busy(epochs, stage_rows)}
+        return {"samples_per_s": median_rate(epochs), "busy": last_epoch_busy(epochs, stage_rows),
+                "links": [spec.wire(s) for s in range(stages - 1)]}  # fmt: skip
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
@@ -142,7 +153,7 @@ def main() -> None:
     p.add_argument("--stages", type=int, default=2)
     p.add_argument("--rates", nargs="+", default=["100mbit", "1gbit"])
     p.add_argument("--model", choices=list(MODELS), default="wide")
-    p.add_argument("--wires", nargs="+", default=["int8", "fp32"])
+    p.add_argument("--wires", nargs="+", default=["auto", "int8", "fp32"], help="auto: each link's measured choice")
     p.add_argument("--schedule", default="1f1b")
     p.add_argument("--micro-batches", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
@@ -181,6 +192,9 @@ def main() -> None:
         value = statistics.median(rates)
         torch_rate = statistics.median(med[(rate, f"torch {args.schedule}")])
         print(f"{rate:8s} {case:22s} {value:10,.0f} {value / torch_rate:8.2f}")
+    for row in rows:
+        if row["case"].endswith(" auto"):
+            print(f"{row['rate']} repeat {row['rep']}: auto's links sent {', '.join(row['links'])}")
 
 
 if __name__ == "__main__":

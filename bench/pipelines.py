@@ -1,7 +1,7 @@
 """Arceus against one process and against torch.distributed.pipelining, in one run.
 
     python -m bench.pipelines [--model seed|wide] [--stages 2 3] [--micro-batches 1 4]
-                              [--wires int8 fp16 fp32] [--schedules gpipe 1f1b] [--repeats 3]
+                              [--wires auto int8 fp16 fp32] [--schedules gpipe 1f1b] [--repeats 3]
                               [--synthetic N]
 
 Models: seed = 784-128-64-10; wide = 784-2048-2048-2048-10 (compute-bound). Batch 256,
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--model", choices=list(MODELS), default="wide")
     p.add_argument("--stages", type=int, nargs="+", default=[2])
     p.add_argument("--micro-batches", type=int, nargs="+", default=[4])
-    p.add_argument("--wires", nargs="+", default=["int8", "fp32"])
+    p.add_argument("--wires", nargs="+", default=["auto", "int8", "fp32"], help="auto: each link's measured choice")
     p.add_argument("--schedules", nargs="+", default=["gpipe", "1f1b"])
     p.add_argument("--epochs", type=int, default=4, help="epochs of the digits set per Arceus/reference run")
     p.add_argument("--torch-steps", type=int, default=24)
@@ -74,6 +74,7 @@ def main() -> None:
                                 "samples_per_s": median_rate(res.epochs),
                                 "val_accuracy": res.epochs[-1]["val_accuracy"],
                                 "busy": last_epoch_busy(res.epochs, res.stages),
+                                "links": [res.spec.wire(s) for s in range(stages - 1)],
                             })  # fmt: skip
     print(json.dumps(rows, indent=1))
     med: dict[str, float | None] = {}
@@ -104,6 +105,9 @@ def main() -> None:
         print(f"{case:40s} {rate:10,.0f} {rate / ref2:9.2f} {vs_same} {vs_best}")
     for stages, (rate, case) in best.items():
         print(f"torch's best with {stages} stages: {case} ({rate:,.0f} samples/s)")
+    for row in rows:
+        if row["case"].endswith(" auto"):
+            print(f"{row['case']} repeat {row['rep']}: links sent {', '.join(row['links'])}")
 
 
 def _torch_row(job: JobConfig, stages: int, m: int, sched: str, steps: int, rep: int) -> dict:

@@ -55,11 +55,14 @@ def _initialize(c: Cluster, job_id: str) -> dict:
 def test_original_readme_flow_trains_the_seed_job(cluster, r):
     job_id, devices = _job_with_workers(cluster)
     init = _initialize(cluster, job_id)
-    assert [(s["start_layer"], s["end_layer"], s["device_id"]) for s in init["plan"]] == [
-        (0, 3, devices[0]),
-        (3, 5, devices[1]),
-        (5, 6, devices[2]),
-    ]  # fmt: skip  (flatten linear relu | linear relu | linear)
+    # flatten linear relu | linear relu | linear. Each worker measured its speed as it started; the
+    # fastest (by 10% of the slowest stage's time, or more) takes stage 0, which holds 92% of the FLOPs.
+    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 3), (3, 5), (5, 6)]
+    assert sorted(s["device_id"] for s in init["plan"]) == sorted(devices)
+    speeds = {d["device_id"]: d["gflops"] for d in cluster.call("GET", "/api/devices")[1]["devices"]}
+    assert all(g > 0 for g in speeds.values()) and len(speeds) == 3
+    for s in init["plan"]:  # each stage's compute a batch, expected from its FLOPs and its device's speed
+        assert s["expected_ms"] == pytest.approx(s["flops"] * 256 / (speeds[s["device_id"]] * 1e9) * 1e3, rel=1e-3)
     status, body = cluster.call("POST", f"/api/network/train/{job_id}", {"epochs": 5, "learning_rate": 0.1})
     assert status == 200
     assert {k: body[k] for k in ("message", "epochs", "learning_rate")} == {
@@ -122,10 +125,17 @@ def test_a_cnn_trains_through_the_api(cluster):
     assert [given.items() <= shown.items() for given, shown in zip(SMALL_CNN["model_config"]["layers"], returned,
                                                                        strict=True)] == [True] * 8  # fmt: skip
     assert returned[0]["stride"] == 1 and returned[2]["stride"] is None  # a pool's stride defaults to its kernel
+    # Each link's wire (the default is auto) was picked at initialize from what its two ends measured.
+    links = [s["link"] for s in job["plan"]]
+    assert links[2] is None and [link["to_stage"] for link in links[:2]] == [1, 2]
+    assert all(link["wire"] in ("fp32", "int8") and link["reason"] and link["ms"][link["wire"]] > 0
+               for link in links[:2])  # fmt: skip
+    assert [d["link"]["codecs"].keys() for d in init["devices"]] == [{"out"}, {"in", "out"}, {"in"}]
     _, metrics = cluster.call("GET", f"/api/jobs/{job_id}/metrics")
     stage0 = next(s for s in metrics["stages"] if s["stage"] == 0 and s["epoch"] == 2)
-    # int8 activations of 8 x 14 x 14 values a sample (plus a small header and block scales).
-    assert 8 * 14 * 14 <= stage0["bytes_wire"] / 6000 < 8 * 14 * 14 * 1.2
+    # Activations of 8 x 14 x 14 values a sample in the chosen wire (plus a small header; int8 adds block scales).
+    per_value = {"fp32": 4, "int8": 1}[links[0]["wire"]]
+    assert per_value * 8 * 14 * 14 <= stage0["bytes_wire"] / 6000 < per_value * 8 * 14 * 14 * 1.2
     bad = {"model_config": {"layers": [{"type": "flatten"}, {"type": "linear", "in_features": 100,
                                                              "out_features": 10}]}}  # fmt: skip
     status, resp = cluster.call("POST", "/api/jobs", bad)
@@ -364,7 +374,7 @@ def test_openapi_document_describes_the_responses(cluster):
     assert "plan" in response("/api/network/initialize/{job_id}", "post")
     # Training options are documented with the defaults the API applies.
     train = schemas["Train"]["properties"]
-    assert train["epochs"]["default"] == 10 and train["wire"]["enum"] == ["fp32", "fp16", "int8"]
+    assert train["epochs"]["default"] == 10 and train["wire"]["enum"] == ["auto", "fp32", "fp16", "int8"]
 
 
 def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
@@ -402,6 +412,10 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
         assert device["torch_device"].split(":")[0] in ("cpu", "cuda", "mps")
         assert device["host"] and device["torch"]
         cluster.wait_live([device["device_id"]])
+        # The Celery worker measured its device as it started, with the threads it trains with.
+        job = cluster.wait_for(job_id, lambda j: j["devices"][0].get("gflops"), 30, "the worker's measurements")
+        measured = job["devices"][0]
+        assert measured["gflops"] > 0 and 0 < measured["free_memory_gb"] <= measured["memory_gb"]
         status, init = cluster.call("POST", f"/api/network/initialize/{job_id}")  # served by that worker
         assert status == 200 and init["devices"][0]["device_id"] == device["device_id"]
     finally:

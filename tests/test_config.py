@@ -56,7 +56,7 @@ def test_training_defaults_have_one_source():
     assert TrainSchema().load({}) == TrainConfig().to_dict()
     assert train_config(_parser().parse_args(["train"])) == TrainConfig()
     demo = _parser().parse_args(["demo"])
-    assert (demo.epochs, demo.learning_rate, demo.wire) == (10, 0.1, "int8")
+    assert (demo.epochs, demo.learning_rate, demo.wire) == (10, 0.1, "auto")
     # A value out of range is refused the same way by all three.
     with pytest.raises(ConfigError, match="micro_batches: must be between 1 and 1024"):
         train_config(_parser().parse_args(["train", "--micro-batches", "0"]))

@@ -49,9 +49,11 @@ def test_plan_is_plain_data_with_devices():
     shards = plan(_layers("linear", "relu", "linear", "relu", "linear"), [7, 9])
     # Zero FLOPs everywhere: the tie goes to the earlier stage, which takes the extra layer.
     assert [s.to_dict() for s in shards] == [
-        {"stage": 0, "start_layer": 0, "end_layer": 4, "device_id": 7, "params": 20, "flops": 0, "memory_bytes": 336},
-        {"stage": 1, "start_layer": 4, "end_layer": 5, "device_id": 9, "params": 10, "flops": 0, "memory_bytes": 164},
-    ]
+        {"stage": 0, "start_layer": 0, "end_layer": 4, "device_id": 7, "params": 20, "flops": 0, "memory_bytes": 336,
+         "expected_ms": None, "link": None},
+        {"stage": 1, "start_layer": 4, "end_layer": 5, "device_id": 9, "params": 10, "flops": 0, "memory_bytes": 164,
+         "expected_ms": None, "link": None},
+    ]  # fmt: skip
     assert [StageAssignment.from_dict(s.to_dict()) for s in shards] == shards
 
 
@@ -100,3 +102,50 @@ def test_memory_the_devices_reported_bounds_the_plan_and_a_plan_that_cannot_fit_
     assert [(s.start_layer, s.end_layer, s.device_id) for s in fitted] == [(0, 2, 7), (2, 6, 9)]
     with pytest.raises(PartitionError, match=r"device 9 reported 0.0 MiB, but stage 1 \(layers \[1, 6\)\) needs"):
         plan(layers, [7, 9], capacities=[memory_bytes(layers, 0, 1, rows=8), 100], rows=8)
+
+
+def _slowest_ms(shards) -> float:
+    return max(s.expected_ms for s in shards)
+
+
+def test_a_plan_divides_each_stage_by_its_devices_speed_and_orders_the_devices():
+    layers = _costly([1000, 100, 100, 100, 100, 100])  # training FLOPs a sample: 2000, then 300 each
+    blind = plan(layers, [7, 8, 9], rows=8)
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in blind] == [(0, 1, 7), (1, 4, 8), (4, 6, 9)]
+    # Equal speeds: the same plan, in the devices' order, with each stage's expected compute time.
+    same = plan(layers, [7, 8, 9], rows=8, gflops=[1.0, 1.0, 1.0])
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in same] == [(0, 1, 7), (1, 4, 8), (4, 6, 9)]
+    assert [s.expected_ms for s in same] == pytest.approx([2000 * 8 / 1e6, 900 * 8 / 1e6, 600 * 8 / 1e6], rel=1e-3)
+    # Device 9 at half speed: stage 0 stays the slowest (2000 against 600 / 0.5), so nothing moves.
+    half = plan(layers, [7, 8, 9], rows=8, gflops=[1.0, 1.0, 0.5])
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in half] == [(0, 1, 7), (1, 4, 8), (4, 6, 9)]
+    # At a quarter, it would be the slowest (600 / 0.25): it gives device 8 a layer.
+    quarter = plan(layers, [7, 8, 9], rows=8, gflops=[1.0, 1.0, 0.25])
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in quarter] == [(0, 1, 7), (1, 5, 8), (5, 6, 9)]
+    # Speeds within 10% of each other (two like machines, measured) never move work.
+    noisy = plan(layers, [7, 8, 9], rows=8, gflops=[0.95, 1.05, 1.0])
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in noisy] == [(0, 1, 7), (1, 4, 8), (4, 6, 9)]
+    # Device 7 at half speed would be the bottleneck holding layer 0: the plan moves it off that layer.
+    slow_first = plan(layers, [7, 8, 9], rows=8, gflops=[0.5, 1.0, 1.0])
+    assert [s.device_id for s in slow_first] == [8, 7, 9]
+    assert [(s.start_layer, s.end_layer) for s in slow_first] == [(0, 1), (1, 2), (2, 6)]
+    blind_on_those = assign(layers, [(0, 1), (1, 4), (4, 6)], [7, 8, 9], 8, [0.5, 1.0, 1.0])
+    assert _slowest_ms(slow_first) == pytest.approx(2000 * 8 / 1e6, rel=1e-3)
+    assert _slowest_ms(slow_first) < _slowest_ms(blind_on_those) / 1.9
+
+
+def test_a_fast_device_without_the_memory_for_a_range_does_not_get_it():
+    layers = _costly([1000, 100, 100, 100, 100, 100])
+    # Device 7 is four times as fast: with room for it, it takes four layers.
+    roomy = plan(layers, [7, 8], rows=8, gflops=[4.0, 1.0])
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in roomy] == [(0, 4, 7), (4, 6, 8)]
+    one_layer = memory_bytes(layers, 0, 1, rows=8)  # every layer here needs as much
+    shards = plan(layers, [7, 8], capacities=[one_layer, None], rows=8, gflops=[4.0, 1.0])
+    assert [(s.start_layer, s.end_layer, s.device_id) for s in shards] == [(0, 1, 7), (1, 6, 8)]
+    assert shards[0].memory_bytes <= one_layer
+
+
+def test_a_speed_not_reported_by_every_device_is_not_used():
+    layers = _costly([1000, 100, 100, 100, 100, 100])
+    assert plan(layers, [7, 8, 9], rows=8, gflops=[1.0, None, 0.5]) == plan(layers, [7, 8, 9], rows=8)
+    assert all(s.expected_ms is None for s in plan(layers, [7, 8, 9], rows=8, gflops=[1.0, None, 0.5]))

@@ -107,6 +107,9 @@ def test_metrics_are_written_to_redis_as_they_happen(redis_url, settings, mnist_
     result = train_local(_job([784, 32, 10]), train, 2, redis_url, settings, on_event=seen.append)
     kinds = [e["type"] for e in seen]
     assert kinds.count("epoch") == 2 and kinds.count("stage_done") == 2
+    # Wire auto: the link's wire was measured before the stages started, and stage 0 says which it sends.
+    started = {e["stage"]: e for e in seen if e["type"] == "stage_started"}
+    assert started[0]["wire"] == result.spec.stages[0].link["wire"] and "wire" not in started[1]
     steps = [e["step"] for e in seen if e["type"] == "progress"]
     assert steps and all(1 <= s <= 26 for s in steps)  # counted within the epoch
     stored = EventLog(r, result.spec.keys).all()

@@ -46,8 +46,12 @@ def _start_beat(sender=None, **_: object) -> None:
     ids = _device_ids(sender)
     if not ids:
         return
-    from arceus.engine.device import describe_machine  # noqa: PLC0415 - imports torch: workers only
+    import torch  # noqa: PLC0415 - workers only
 
+    from arceus.engine.device import describe_machine  # noqa: PLC0415
+
+    if settings.threads:  # measured as it will train (workers.tasks sets the same)
+        torch.set_num_threads(settings.threads)
     info = {k: v for k, v in describe_machine(settings.device).items() if v is not None}
     r = redis.Redis.from_url(sender.app.conf.broker_url, socket_timeout=10, socket_connect_timeout=10)
     _beat = DeviceBeat(r, ids, sender.hostname, info).start()

@@ -216,7 +216,7 @@ function jobSkeleton(jobId, openapi) {
   field("epochs", "Epochs", { type: "number", min: 1, max: 10000, value: 10, required: true }),
   field("learning_rate", "Learning rate", { type: "number", step: "any", min: 0, value: 0.1, required: true }),
   field("micro_batches", "Micro-batches", { type: "number", min: 1, max: 1024, value: 1, required: true }),
-  select("wire", "Wire", choices("wire", ["fp32", "fp16", "int8"]), "int8"),
+  select("wire", "Wire", choices("wire", ["auto", "fp32", "fp16", "int8"]), "auto"),
   select("schedule", "Schedule", choices("schedule", ["gpipe", "1f1b"]), "gpipe"),
   h("button", { type: "submit", id: "train" }, "Train"));
   return h("div", { id: "job", "data-job": jobId },
@@ -267,12 +267,14 @@ function setJob(job) {
     .join("\n");
   const plan = job.plan || [];
   document.getElementById("plan").replaceChildren(plan.length ? h("table", {},
-    h("thead", {}, h("tr", {}, ["Stage", "Layers", "Device", "Parameters", "Training MFLOP/sample", "Memory (est.)"]
-      .map((t, i) => h("th", { class: i >= 3 ? "num" : "" }, t)))),
+    h("thead", {}, h("tr", {}, ["Stage", "Layers", "Device", "Parameters", "Training MFLOP/sample", "Memory (est.)",
+      "Link to next (auto wire)"].map((t, i) => h("th", { class: i >= 3 && i < 6 ? "num" : "" }, t)))),
     h("tbody", {}, plan.map((s) => h("tr", {},
       h("td", {}, s.stage), h("td", {}, `[${s.start_layer}, ${s.end_layer})`), h("td", {}, deviceName(job, s.device_id)),
       h("td", { class: "num" }, (s.params || 0).toLocaleString()), h("td", { class: "num" }, num((s.flops || 0) / 1e6, 3)),
-      h("td", { class: "num" }, mb(s.memory_bytes))))))
+      h("td", { class: "num" }, mb(s.memory_bytes)),
+      h("td", { class: "link", title: s.link ? s.link.reason : "" },
+        s.link ? `${s.link.wire} (${num(s.link.ms[s.link.wire], 2)} ms a batch)` : "–")))))
     : h("p", { class: "muted" }, "Not planned yet: Initialize partitions the layers over the devices."));
   const download = document.getElementById("download");
   download.hidden = !(job.checkpoints || []).length;

@@ -46,7 +46,8 @@ class EventPrinter:
         elif kind == "state":
             self._line(f"job {self.job_id} {ev['status']}" + (f": {ev['error']}" if ev.get("error") else ""))
         elif kind == "stage_started":
-            self._line(f"  {ev['who']} on {ev['device']}")
+            sends = f", sends {ev['wire']} to stage {ev['stage'] + 1}" if ev.get("wire") else ""
+            self._line(f"  {ev['who']} on {ev['device']}{sends}")
         elif kind == "error":
             self._line(f"stage {ev.get('stage')}: {ev.get('reason')}")
 

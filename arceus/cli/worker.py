@@ -62,7 +62,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from ..engine.device import describe_machine  # noqa: PLC0415 - imports torch
 
-    info = {k: v for k, v in describe_machine(settings.device).items() if v is not None}
+    # Its speed and free memory are measured by the Celery worker, with the threads it trains with.
+    info = {k: v for k, v in describe_machine(settings.device, measure=False).items() if v is not None}
     info["name"] = args.name or info["host"]
     reply = _register(client, info, args.job_id)
     device_id, queue = reply["device_id"], reply["queue"]

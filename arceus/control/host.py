@@ -16,6 +16,7 @@ from .. import keys
 from ..config import JobConfig
 from ..engine.device import pick_device
 from ..engine.model import Shard, build_shard
+from ..engine.probe import measure
 from ..engine.source import training_data
 from ..engine.stage import StageRunner
 from ..engine.state import load_restore, optimizer_state
@@ -55,13 +56,16 @@ class ShardHost:
         optimizer = None
         if restore:  # the API left this stage's slice of a checkpoint in Redis
             optimizer = load_restore(self.r, job_id, plan.stage, module)
-        self.shards[job_id] = module.to(pick_device(self.settings.device))
+        device = pick_device(self.settings.device)
+        self.shards[job_id] = module.to(device)
         self.optimizers[job_id] = optimizer
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
+        # What its links cost from here, for the API to pick each link's wire (plan.wires).
+        link = measure(self.r, job_id, job, plan, device)
         return {"device_id": device_id, "stage": plan.stage, "start_layer": plan.start_layer,
-                "end_layer": plan.end_layer, "parameters": params,
-                "torch_device": str(next(module.parameters()).device)}  # fmt: skip
+                "end_layer": plan.end_layer, "parameters": params, "torch_device": str(device),
+                "link": link}  # fmt: skip
 
     def unload(self, job_id: str) -> bool:
         self.optimizers.pop(job_id, None)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import time
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["describe_machine", "pick_device"]
+__all__ = ["describe_machine", "free_memory_gb", "matmul_gflops", "pick_device"]
+
+SPEED_S = 0.5  # how long a worker times matmuls for: long enough to see a CPU quota (100 ms periods)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -32,11 +35,15 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def describe_machine(device: str | None = None) -> dict:
-    """What a worker tells the API about itself when it registers."""
+def describe_machine(device: str | None = None, measure: bool = True) -> dict:
+    """What a worker tells the API about itself when it registers; with ``measure``, its speed
+    (``matmul_gflops``) and free memory too, which the plan divides the work by."""
     dev = pick_device(device)
     info = {"host": socket.gethostname(), "platform": platform.platform(), "torch_device": str(dev),
             "torch": torch.__version__}  # fmt: skip
+    if measure:
+        info["gflops"] = round(matmul_gflops(dev), 2)
+        info["free_memory_gb"] = free_memory_gb(dev)
     try:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
@@ -45,3 +52,45 @@ def describe_machine(device: str | None = None) -> dict:
         info["accelerator"] = torch.cuda.get_device_name(dev)
         info["accelerator_memory_gb"] = round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1)
     return info
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_gflops(dev: torch.device, seconds: float = SPEED_S) -> float:
+    """Sustained fp32 matmul GFLOP/s on ``dev`` with this process's torch threads: as many
+    square matmuls as fit in ``seconds`` of wall time (a CPU quota or a busy machine shows)."""
+    n = 512 if dev.type == "cpu" else 2048
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g).to(dev), torch.randn(n, n, generator=g).to(dev)
+    torch.mm(a, b)  # warm up: kernels, thread pool
+    _sync(dev)
+    done, t0 = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        _sync(dev)
+        done += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return 2 * n**3 * done / elapsed / 1e9
+
+
+def free_memory_gb(dev: torch.device) -> float | None:
+    """Memory a stage may still take on ``dev``, in GiB: the GPU's free memory for CUDA, what
+    Metal recommends less what it holds for MPS, else the machine's available memory (Linux)."""
+    try:
+        if dev.type == "cuda":
+            free = torch.cuda.mem_get_info(dev)[0]
+        elif dev.type == "mps":
+            free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        else:
+            with open("/proc/meminfo") as f:
+                fields = dict(line.split(":", 1) for line in f)
+            free = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, AttributeError, RuntimeError):
+        return None
+    return round(free / 2**30, 2)

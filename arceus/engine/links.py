@@ -43,7 +43,11 @@ class StageLinks:
         device: torch.device,
     ) -> None:
         self.who, self.device, self.max_elements = who, device, settings.max_payload_elements
-        self.codec = WIRE_CODECS[spec.train.wire]
+        # Each link has its own wire (``RunSpec.wire``): activations out and gradients back share it.
+        self.codecs = {
+            "fwd": None if stage == spec.num_stages - 1 else WIRE_CODECS[spec.wire(stage)],
+            "bwd": None if stage == 0 else WIRE_CODECS[spec.wire(stage - 1)],
+        }
         self.learning_rate = spec.train.learning_rate  # named in the advice when activations overflow
         self.metrics = StageMetrics()
         first, last = stage == 0, stage == spec.num_stages - 1
@@ -130,17 +134,17 @@ class StageLinks:
     # ----------------------------------------------------------------- sending
     def send_forward(self, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
         """Activations (or a marker, without ``x``) to the next stage, with ``msg``'s labels."""
-        self._send(self.fwd_out, header, x, msg, what)
+        self._send(self.fwd_out, self.codecs["fwd"], header, x, msg, what)
 
     def send_gradient(self, step: int, mb: int, grad: torch.Tensor) -> None:
-        self._send(self.bwd_out, {"kind": "grad", "step": step, "mb": mb}, grad, None, "gradients")
+        self._send(self.bwd_out, self.codecs["bwd"], {"kind": "grad", "step": step, "mb": mb}, grad, None, "gradients")
 
-    def _send(self, tx: Sender, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
+    def _send(self, tx: Sender, codec: str, header: dict, x: torch.Tensor | None, msg: Msg | None, what: str) -> None:
         t0 = time.perf_counter()
         fields = {"h": encode_header(header)}
         if x is not None:
             try:
-                fields["x"] = encode(x, self.codec)
+                fields["x"] = encode(x, codec)
             except PayloadError as e:
                 raise TrainingDiverged(
                     f"{what} are not finite ({e}): training diverged; lower learning_rate (now {self.learning_rate})"

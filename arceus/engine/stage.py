@@ -98,7 +98,8 @@ class StageRunner:
     def run(self) -> None:
         try:
             with self.liveness.heartbeat(self.stage, self.who):
-                self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who)
+                sends = {} if self.last else {"wire": self.spec.wire(self.stage)}  # its link's, when "auto"
+                self.events.emit("stage_started", stage=self.stage, device=str(self.device), who=self.who, **sends)
                 # A barrier, so epoch 1's figures do not include a neighbour importing torch or loading data.
                 self.liveness.wait_for_stages(self.spec.num_stages, self.settings.recv_timeout_s, self.who)
                 self.liveness.watch([s for s in range(self.spec.num_stages) if s != self.stage])

@@ -24,11 +24,13 @@ from ..checkpoints import CheckpointCollector, CheckpointStore
 from ..config import JobConfig, TrainConfig
 from ..engine.device import pick_device
 from ..engine.model import Shard, build_shard
+from ..engine.probe import measure
 from ..engine.stage import StageRunner
 from ..engine.state import load_restore
 from ..errors import ConfigError, RunFailed
 from ..events import EventLog
 from ..liveness import RunLiveness
+from ..plan import wires
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from ..settings import Settings
@@ -80,6 +82,20 @@ def _restored(r: redis.Redis, spec: RunSpec, stage: int) -> tuple[Shard, dict]:
     return model.to(pick_device(spec.device_for(stage))), optimizer_state
 
 
+def _with_links(spec: RunSpec, r: redis.Redis, threads: int) -> RunSpec:
+    """With ``wire="auto"``, each link's wire (``plan.wires``) from a probe of every stage taken
+    here, as the stages will run: on this machine, with their threads, through this Redis."""
+    if spec.train.wire != "auto" or spec.num_stages < 2:
+        return spec
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        reports = [measure(r, spec.job_id, spec.job, s, pick_device(spec.device_for(s.stage))) for s in spec.stages]
+    finally:
+        torch.set_num_threads(before)
+    return replace(spec, stages=tuple(wires.choose(spec.stages, reports)))
+
+
 def _stage_process(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"stage {stage}: %(levelname)s %(message)s")
     try:
@@ -124,6 +140,7 @@ def train_local(
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)
     r = redis.Redis.from_url(redis_url)
+    spec = _with_links(spec, r, threads)
     events, liveness = EventLog(r, spec.keys), RunLiveness(r, spec.keys)
     collector = CheckpointCollector(r, store, spec)
     for shard in spec.stages if start_step else ():

@@ -7,8 +7,10 @@ the splits whose estimated memory fits each device that reported its memory.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import PartitionError
 from .layers import Layer, saved_values, train_flops_per_sample
@@ -26,6 +28,10 @@ class StageAssignment:
     params: int = 0
     flops: int = 0
     memory_bytes: int = 0
+    # Milliseconds of compute a batch, expected from its FLOPs and its device's measured speed.
+    expected_ms: float | None = None
+    # The link to the next stage, once both ends measured it (``plan.wires``): its wire and why.
+    link: dict | None = field(default=None, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -37,7 +43,10 @@ class StageAssignment:
     @classmethod
     def from_dict(cls, d: dict) -> StageAssignment:
         extra = {k: int(d[k]) for k in ("params", "flops", "memory_bytes") if k in d}
-        return cls(int(d["stage"]), int(d["start_layer"]), int(d["end_layer"]), d.get("device_id"), **extra)
+        link, expected = d.get("link"), d.get("expected_ms")
+        return cls(int(d["stage"]), int(d["start_layer"]), int(d["end_layer"]), d.get("device_id"), **extra,
+                   expected_ms=None if expected is None else float(expected),
+                   link=dict(link) if isinstance(link, dict) else None)  # fmt: skip
 
 
 def partition(num_units: int, num_devices: int) -> list[tuple[int, int]]:
@@ -85,16 +94,21 @@ def _size(n: int) -> str:
 
 
 def balanced_ranges(
-    costs: Sequence[int], num_stages: int, fits: Callable[[int, int, int], bool] | None = None
+    costs: Sequence[int],
+    num_stages: int,
+    fits: Callable[[int, int, int], bool] | None = None,
+    speeds: Sequence[float] | None = None,
 ) -> list[tuple[int, int]] | None:
     """Split ``costs`` (one per unit, in order) into ``num_stages`` contiguous non-empty ranges that
-    minimise the largest range's sum, and among those the sum of squares, so the stages that are
-    not the bottleneck are balanced too: two exact dynamic programs. ``fits(stage, start, end)``
-    may forbid a range. Remaining ties give the earlier stages more. None when no split fits."""
+    minimise the largest range's time (its sum over its stage's ``speeds``, 1 when not given), and
+    among those the sum of squares, so the stages that are not the bottleneck are balanced too:
+    two exact dynamic programs. ``fits(stage, start, end)`` may forbid a range. Remaining ties
+    give the earlier stages more. None when no split fits."""
     n = len(costs)
     prefix = [0]
     for c in costs:
         prefix.append(prefix[-1] + c)
+    speed = list(speeds) if speeds is not None else [1] * num_stages
 
     def solve(score: Callable[[float, int], float], cap: float) -> tuple[float, list[tuple[int, int]]] | None:
         """The split minimising score(accumulated, range cost) summed up the ranges, each range <= cap."""
@@ -105,7 +119,7 @@ def balanced_ranges(
         for d in range(1, num_stages + 1):
             for u in range(d, n - (num_stages - d) + 1):
                 for k in range(d - 1, u):
-                    cost = prefix[u] - prefix[k]
+                    cost = (prefix[u] - prefix[k]) / speed[d - 1]
                     if best[d - 1][k] == inf or cost > cap or (fits is not None and not fits(d - 1, k, u)):
                         continue
                     value = score(best[d - 1][k], cost)
@@ -127,11 +141,19 @@ def balanced_ranges(
 
 
 def plan(
-    layers: Sequence[Layer], device_ids: list[str] | int, capacities: Sequence[int | None] = (), rows: int = 1
+    layers: Sequence[Layer],
+    device_ids: list[str] | int,
+    capacities: Sequence[int | None] = (),
+    rows: int = 1,
+    gflops: Sequence[float | None] = (),
 ) -> list[StageAssignment]:
-    """The pipeline plan: stage i holds layers ``[start, end)`` on ``device_ids[i]``, the split that
-    minimises the slowest stage's training FLOPs among those whose ``memory_bytes`` (``rows``
-    samples in flight) fit each device's capacity in bytes (None: not reported)."""
+    """The pipeline plan: stage i holds layers ``[start, end)`` on device ``i`` of the order chosen.
+    The split minimises the slowest stage's training FLOPs among those whose ``memory_bytes``
+    (``rows`` samples in flight) fit each device's capacity in bytes (None: not reported). When
+    every device reported its speed (``gflops``), a stage's time is its FLOPs over its device's
+    speed, and the devices' order is chosen too (``_orders``): the slowest stage is the fastest
+    it can be, and a slow device takes a light range. That plan replaces the FLOPs-only one when
+    its slowest stage is expected ``SPEED_MARGIN`` faster."""
     ids: list = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
     groups = units(layers)
     partition(len(groups), len(ids))  # refuses D > L, naming both
@@ -141,32 +163,89 @@ def plan(
     mem = [0]
     for m in unit_bytes:
         mem.append(mem[-1] + m)
+    caps = [capacities[i] if i < len(capacities) else None for i in range(len(ids))]
+    speeds = list(gflops) if len(gflops) == len(ids) and all(g and g > 0 for g in gflops) else None
 
     def need(k: int, u: int) -> int:
         return mem[u] - mem[k]
 
-    def fits(stage: int, k: int, u: int) -> bool:
-        cap = capacities[stage] if stage < len(capacities) else None
-        return cap is None or need(k, u) <= cap
+    def fitting(order: Sequence[int]) -> Callable[[int, int, int], bool]:
+        return lambda stage, k, u: caps[order[stage]] is None or need(k, u) <= caps[order[stage]]
 
-    ranges = balanced_ranges(costs, len(ids), fits)
-    if ranges is None:  # say which device falls short in the best split without the memory check
-        for stage, (k, u) in enumerate(balanced_ranges(costs, len(ids)) or []):
-            if not fits(stage, k, u):
-                a, b = groups[k][0], groups[u - 1][1]
-                raise PartitionError(
-                    f"device {ids[stage]} reported {_size(capacities[stage])}, but stage {stage} (layers [{a}, {b})) "
-                    f"needs about {_size(need(k, u))} ({need(k, u):,} bytes: weights, gradients, optimizer state and "
-                    f"a batch of activations) and no other split fits: register a device with more memory, more "
-                    f"devices, or use smaller batches"
-                )
-    return assign(layers, ranges, ids, rows)
+    def score(order: Sequence[int], ranges: list[tuple[int, int]]) -> tuple[float, float]:
+        stage_s = [sum(costs[k:u]) / (speeds[order[d]] if speeds else 1) for d, (k, u) in enumerate(ranges)]
+        return max(stage_s), sum(t * t for t in stage_s)
+
+    given = list(range(len(ids)))
+    blind = balanced_ranges(costs, len(ids), fitting(given))  # the devices as given, by FLOPs alone
+    best = None if blind is None else (score(given, blind), given, blind)
+    aware = None
+    for order in _orders(speeds, caps, len(costs)) if speeds else []:
+        found = balanced_ranges(costs, len(ids), fitting(order), [speeds[i] for i in order])
+        if found is not None and (aware is None or _better(score(order, found), aware[0])):
+            aware = (score(order, found), order, found)
+    # Speeds move work only where that is worth it: two like machines never measure the same,
+    # and a plan that follows their noise would reorder them between initializations for nothing.
+    if aware is not None and (best is None or aware[0][0] < SPEED_MARGIN * best[0][0]):
+        best = aware
+    if best is not None:
+        order = best[1]
+        return assign(layers, best[2], [ids[i] for i in order], rows, [speeds[i] for i in order] if speeds else ())
+    # Say which device falls short in the best split without the memory check.
+    fits = fitting(list(range(len(ids))))
+    for stage, (k, u) in enumerate(balanced_ranges(costs, len(ids)) or []):
+        if not fits(stage, k, u):
+            a, b = groups[k][0], groups[u - 1][1]
+            raise PartitionError(
+                f"device {ids[stage]} reported {_size(caps[stage])}, but stage {stage} (layers [{a}, {b})) "
+                f"needs about {_size(need(k, u))} ({need(k, u):,} bytes: weights, gradients, optimizer state and "
+                f"a batch of activations) and no other split fits: register a device with more memory, more "
+                f"devices, or use smaller batches"
+            )
+    raise PartitionError(f"no split of the layers over {len(ids)} devices fits their memory")
+
+
+def _better(score: tuple[float, float], than: tuple[float, float]) -> bool:
+    """A lower slowest stage, or as low (to rounding) and better balanced: the first order found
+    (the devices as given) keeps ties."""
+    (slowest, squares), (best_slowest, best_squares) = score, than
+    if slowest < best_slowest * (1 - 1e-9):
+        return True
+    return slowest <= best_slowest * (1 + 1e-9) and squares < best_squares * (1 - 1e-9)
+
+
+SPEED_MARGIN = 0.9  # a speed-aware plan is taken when its slowest stage is expected 10% faster
+MAX_ORDER_WORK = 2_000_000  # units^2 x stages x orders a plan may try: well under a second
+
+
+def _orders(speeds: Sequence[float], caps: Sequence[int | None], num_units: int) -> list[list[int]]:
+    """The device orders a plan tries: the devices as given first, then every other order that
+    differs in what it puts where (devices of the same speed and memory are interchangeable),
+    or, for a plan too large to try them all, fastest first and slowest first."""
+    n = len(speeds)
+    given = list(range(n))
+    kind = [(speeds[i], caps[i]) for i in given]
+    if math.factorial(n) * n * num_units**2 > MAX_ORDER_WORK:
+        fastest = sorted(given, key=lambda i: -speeds[i])
+        return [given, fastest, fastest[::-1]]
+    seen, out = set(), []
+    for order in itertools.permutations(given):
+        key = tuple(kind[i] for i in order)
+        if key not in seen:
+            seen.add(key)
+            out.append(list(order))
+    return out
 
 
 def assign(
-    layers: Sequence[Layer], unit_ranges: Sequence[tuple[int, int]], device_ids: Sequence[str | None], rows: int = 1
+    layers: Sequence[Layer],
+    unit_ranges: Sequence[tuple[int, int]],
+    device_ids: Sequence[str | None],
+    rows: int = 1,
+    gflops: Sequence[float | None] = (),
 ) -> list[StageAssignment]:
-    """Stage assignments for ranges of ``units(layers)``, one per device, with their estimates.
+    """Stage assignments for ranges of ``units(layers)``, one per device, with their estimates
+    (with the devices' ``gflops``, each stage's compute time a batch of ``rows``).
     ``plan`` chooses the ranges by cost; the benchmarks also assign ``partition``'s equal counts."""
     groups = units(layers)
     out = []
@@ -174,5 +253,7 @@ def assign(
         a, b = groups[k][0], groups[u - 1][1]
         params = sum(layer.params for layer in layers[a:b])
         flops = train_flops_per_sample(layers, a, b)
-        out.append(StageAssignment(i, a, b, dev, params, flops, memory_bytes(layers, a, b, rows)))
+        speed = gflops[i] if i < len(gflops) else None
+        expected = float(f"{flops * rows / (speed * 1e9) * 1e3:.4g}") if speed else None
+        out.append(StageAssignment(i, a, b, dev, params, flops, memory_bytes(layers, a, b, rows), expected))
     return out

@@ -14,6 +14,7 @@ from ..config import JobConfig, TrainConfig
 from ..errors import ConfigError
 from ..keys import RunKeys
 from .partition import StageAssignment, plan
+from .wires import FALLBACK
 
 __all__ = ["RunSpec"]
 
@@ -76,6 +77,14 @@ class RunSpec:
                 f"a batch of {rows} rows x {width} values per sample = {rows * width} values exceeds the payload "
                 f"limit of {max_payload_elements}; use smaller batches",
             )
+
+    def wire(self, link: int) -> str:
+        """The wire of link ``link`` (stage ``link`` to ``link + 1``, both ways): the run's, or with
+        ``auto`` what the link measured at initialize (``plan.wires``)."""
+        if self.train.wire != "auto":
+            return self.train.wire
+        measured = self.stages[link].link
+        return measured["wire"] if measured else FALLBACK
 
     def device_for(self, stage: int) -> str | None:
         return self.devices[stage] if stage < len(self.devices) else None

@@ -1,0 +1,102 @@
+"""What a stage's links cost, measured where the stage runs: its leg to Redis and each codec.
+
+A payload between two stages crosses two legs, sender -> Redis -> receiver. ``measure`` times
+this machine's leg, its round trip and its rate each way with payloads of the stage's real
+activation size, and the encode and decode of those activations with every wire, on the
+stage's torch device. ``plan.wires`` puts the reports of a link's two ends together and picks
+the link's wire. Nothing here trains; it takes a fraction of a second on a LAN.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import redis
+import torch
+
+from .. import keys
+from ..config import WIRE_CODECS, JobConfig
+from ..plan.partition import StageAssignment
+from ..wire import decode, encode
+
+__all__ = ["PROBE_MAX_BYTES", "measure"]
+
+PROBE_MAX_BYTES = 4 << 20  # larger activations are timed at this size: a rate, not a transfer, is wanted
+REPEATS = 3
+
+
+def measure(r: redis.Redis, job_id: str, job: JobConfig, shard: StageAssignment, device: torch.device) -> dict:
+    """The stage's report: ``rtt_ms``, ``up_mb_s`` and ``down_mb_s`` of its leg to Redis, and per
+    boundary it sends and receives on ("in": from the stage before, "out": to the one after), per
+    wire: the bytes of a batch's activations and the milliseconds to encode and to decode them."""
+    rows = job.dataset.batch_size
+    first, last = shard.start_layer == 0, shard.end_layer == len(job.layers)
+    shapes = {}
+    if not first:
+        shapes["in"] = job.layers[shard.start_layer - 1].output.shape
+    if not last:
+        shapes["out"] = job.layers[shard.end_layer - 1].output.shape
+    report: dict = {"codecs": {side: _codecs((rows, *shape), device) for side, shape in shapes.items()}}
+    biggest = max((rows * math.prod(shape) * 4 for shape in shapes.values()), default=0)
+    if biggest:
+        report.update(_leg(r, job_id, shard.stage, min(biggest, PROBE_MAX_BYTES)))
+    return report
+
+
+def _median_s(fn: Callable[[], object], warm: bool = True) -> float:
+    if warm:
+        fn()
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _codecs(shape: tuple[int, ...], device: torch.device) -> dict:
+    # Activations are roughly normal; the int8 codec's cost does not depend on the values anyway.
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    out = {}
+    for wire, codec in WIRE_CODECS.items():
+        data = encode(x, codec)
+        out[wire] = {
+            "bytes": len(data),
+            "encode_ms": round(_median_s(functools.partial(encode, x, codec)) * 1e3, 4),
+            "decode_ms": round(_median_s(functools.partial(_decode, data, device)) * 1e3, 4),
+        }
+    return out
+
+
+def _decode(data: bytes, device: torch.device) -> None:
+    decode(data).to(device)
+    _sync(device)
+
+
+def _leg(r: redis.Redis, job_id: str, stage: int, nbytes: int) -> dict:
+    """Round trip (PING) and rate each way (SET, GET of ``nbytes``), less the round trip, of this
+    machine's connection to Redis."""
+    key, payload = keys.probe(job_id, stage), bytes(nbytes)
+    try:
+        rtt = min(_median_s(r.ping), _median_s(r.ping))
+        up = _median_s(lambda: r.set(key, payload, ex=60))
+        down = _median_s(lambda: r.get(key))
+    finally:
+        r.delete(key)
+    return {
+        "rtt_ms": round(rtt * 1e3, 4),
+        "probe_bytes": nbytes,
+        "up_mb_s": round(nbytes / max(up - rtt, 1e-7) / 1e6, 1),
+        "down_mb_s": round(nbytes / max(down - rtt, 1e-7) / 1e6, 1),
+    }
