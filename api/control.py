@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import redis
 from celery import Celery
@@ -205,13 +205,15 @@ class Control:
     ) -> list[dict]:
         """Every device's worker loads its shard (from ``seed``, or its slice of the checkpoint
         ``manifest``); returns their confirmations, or fails the job naming the device."""
-        pending = []
+        pending, data_urls = [], self._data_urls(shards)
         try:
             for shard in shards:
                 if manifest is not None:  # the stage's slice, by Redis: tensors never go through Celery
                     data = self.checkpoints.slice(job_id, manifest["step"], shard.start_layer, shard.end_layer)
                     put_blob(self.r, keys.restore(job_id, shard.stage), data, int(self.init_timeout_s) + 60)
-                args = [job_id, shard.device_id, shard.to_dict(), config.to_dict(), seed, manifest is not None]
+                # The devices' data Redis, for each stage to time the legs its streams will take.
+                args = [job_id, shard.device_id, shard.to_dict(), config.to_dict(), seed, manifest is not None,
+                        list(data_urls)]  # fmt: skip
                 pending.append((shard, self._send(LOAD_SHARD, args, shard.device_id)))
         except (UpstreamError, redis.RedisError) as e:  # the broker refused: nothing will confirm
             reason = f"could not enqueue the shards: {e}"
@@ -309,7 +311,8 @@ class Control:
         except ArceusError:  # the job is failed with the reason (or was stopped meanwhile)
             return
         resumed = TrainConfig.parse({**train.to_dict(), "epochs": epochs})
-        spec = RunSpec(job_id, uuid.uuid4().hex[:12], config, resumed, tuple(shards), start_step=start)
+        spec = RunSpec(job_id, uuid.uuid4().hex[:12], config, resumed, tuple(shards), start_step=start,
+                       data_urls=self._data_urls(shards))  # fmt: skip
         record = {"device_lost": lost, "stage_lost": int(job["lost_stage"]), "at_step": int(job["lost_step"]),
                   "resumed_from_step": start, "steps_redone": max(0, int(job["lost_step"]) - start),
                   "seconds": round(self.store.devices.now() - since, 2),
@@ -376,7 +379,8 @@ class Control:
         stages = tuple(StageAssignment.from_dict(s) for s in job.get("plan") or [])
         # From where the job's state is: its last run's end, or the checkpoint it was loaded from.
         start = int(job.get("step") or 0)
-        spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages, start_step=start)
+        spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages, start_step=start,
+                       data_urls=self._data_urls(stages))  # fmt: skip
         spec.check_message_sizes(self.max_payload_elements)  # what every stage would refuse
         with self._plan_lock():  # no other job takes these devices between the check and the switch
             self._check_devices(job, stages)
@@ -396,6 +400,12 @@ class Control:
                 pass
             raise
         return {"run_id": spec.run_id, "start_step": start}
+
+    def _data_urls(self, stages: Sequence[StageAssignment]) -> tuple[str | None, ...]:
+        """Per stage, its device's data Redis (the streams into it live there), or None: ours.
+        The URLs hold passwords: they go to the stages in their tasks, never into an answer."""
+        devices = {d["device_id"]: d for d in self.store.devices.some([s.device_id for s in stages])}
+        return tuple(devices.get(s.device_id, {}).get("data_url") for s in stages)
 
     def _send_stages(self, spec: RunSpec) -> None:
         for shard in spec.stages:

@@ -60,6 +60,9 @@ class Settings:
     # The Redis URL the API hands to joining workers (a Redis user of their own, on the LAN);
     # None: its own.
     worker_redis_url: str | None = field(default=None, metadata={"env": "ARCEUS_WORKER_REDIS_URL"}, repr=False)
+    # A worker's data Redis: where the streams into its stages live (next to it, so each payload
+    # crosses the network once). Registered with its device; None: the cluster's Redis.
+    data_redis_url: str | None = field(default=None, metadata={"env": "ARCEUS_DATA_REDIS_URL"}, repr=False)
     # The most parameters a job may have (checked when it is created).
     max_params: int = field(default=2_000_000_000, metadata={"env": "ARCEUS_MAX_PARAMS"})
     # Where `arceus status`, `jobs` and `worker` find the API.

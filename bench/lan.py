@@ -2,15 +2,17 @@
 own namespace) by a veth pair whose two ends are rate-limited with tc tbf.
 
     sudo python -m bench.lan [--stages 2] [--rates 100mbit 1gbit] [--model wide] [--wires auto int8 fp32]
-                             [--repeats 1]
+                             [--layouts central per-receiver] [--repeats 1]
 
-Host i (namespace arc-h<i>, 10.213.0.<i+1>) runs stage i. Redis runs on the host of the
-middle stage ((D - 1) // 2: host 0 for 2 stages, host 1 for 3), so every activation and
-gradient crosses the network once: one end of each hop is Redis's own host. (A Redis on
-a host of its own would carry each payload twice, once in and once out.)
-torch.distributed.pipelining's ranks run on the same hosts. Needs root, iproute2, the
-bridge and the tbf qdisc; the namespaces are created and deleted here, and no address
-outside them is used. Every run is bounded by a timeout.
+Host i (namespace arc-h<i>, 10.213.0.<i+1>) runs stage i; host D (one more) is the
+coordinator and runs the run's Redis: control, events and, in the central layout, every
+stream, so each activation and gradient crosses the network twice (sender to coordinator,
+coordinator to receiver). In the per-receiver layout each stage host also runs a
+password-protected Redis holding the streams into its stage, so each payload crosses once.
+torch.distributed.pipelining's ranks run on the stage hosts. The bytes every cable sent are
+read from the hosts' interface counters around each run. Needs root, iproute2, the bridge
+and the tbf qdisc; the namespaces are created and deleted here, and no address outside them
+is used. Every run is bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from arceus.plan.partition import plan
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
 
-from .common import last_epoch_busy, median_rate
+from .common import last_epoch_busy, median_rate, synthetic_mnist
 from .torch_peer import peer_config
 
 MODELS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
@@ -90,21 +92,54 @@ def _communicate(p: subprocess.Popen, timeout_s: float) -> tuple[str, str]:
         raise RuntimeError(f"{p.args[3:6]} ran past {timeout_s:.0f}s: {err[-1500:]}") from None
 
 
-def run_arceus(
-    sizes: list[int], stages: int, wire: str, schedule: str, m: int, epochs: int, tmp: Path, timeout_s: float
-) -> dict:
-    redis_ns, _, redis_addr = host((stages - 1) // 2)
+def wire_bytes(hosts: int) -> int:
+    """Bytes the hosts' cables have sent so far, all hosts together (each crossing counted once)."""
+    total = 0
+    for i in range(hosts):
+        ns, dev, _ = host(i)
+        total += int(sh("ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/tx_bytes").stdout)
+    return total
+
+
+def start_redis(i: int, password: str | None = None) -> subprocess.Popen:
+    ns, _, addr = host(i)
     server = find_redis_server(Settings.from_env().redis_server)
-    redis_proc = in_ns(redis_ns, server, "--bind", redis_addr, "--port", str(REDIS_PORT), "--save", "",
-                       "--appendonly", "no", "--protected-mode", "no", stdout=subprocess.DEVNULL)  # fmt: skip
+    auth = ["--requirepass", password] if password else ["--protected-mode", "no"]
+    return in_ns(ns, server, "--bind", addr, "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no", *auth,
+                 stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def run_arceus(
+    sizes: list[int],
+    stages: int,
+    wire: str,
+    schedule: str,
+    m: int,
+    epochs: int,
+    tmp: Path,
+    timeout_s: float,
+    layout: str,
+    data_dir: Path,
+) -> dict:
+    """Stage i on host i; the coordinator (host ``stages``) runs the run's Redis. ``per-receiver``:
+    each stage host also runs a password-protected Redis that holds the streams into its stage."""
+    coordinator = stages
+    servers = [start_redis(coordinator)]
+    data_urls: list[str | None] = [None] * stages
+    if layout == "per-receiver":
+        for s in range(stages):
+            servers.append(start_redis(s, password=f"data-{s}"))
+            data_urls[s] = f"redis://:data-{s}@{host(s)[2]}:{REDIS_PORT}/0"
     time.sleep(0.5)
     try:
-        job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name="digits"))
-        spec = RunSpec.new(job, TrainConfig(epochs=epochs, micro_batches=m, wire=wire, schedule=schedule), stages)
+        job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name="MNIST", batch_size=256, val_batch_size=1000))
+        # One checkpoint, the run's last step: checkpoints go to the coordinator in every layout.
+        train = TrainConfig(epochs=epochs, micro_batches=m, wire=wire, schedule=schedule, checkpoint_every=10**7)
+        spec = replace(RunSpec.new(job, train, stages), data_urls=tuple(data_urls))
         spec_file = tmp / f"spec-{spec.run_id}.json"
         spec_file.write_text(json.dumps(spec.to_dict()))
-        url = f"redis://{redis_addr}:{REDIS_PORT}/0"
-        env = {**os.environ, "ARCEUS_DATA_DIR": str(tmp)}
+        url = f"redis://{host(coordinator)[2]}:{REDIS_PORT}/0"
+        env = {**os.environ, "ARCEUS_DATA_DIR": str(data_dir)}
         if wire == "auto":  # each stage measures its links from its host, as a worker does at initialize
             probe = [sys.executable, "-m", "bench.lan_stage", "--probe", str(spec_file)]
             reports = []
@@ -114,22 +149,27 @@ def run_arceus(
             spec = replace(spec, stages=tuple(wires.choose(spec.stages, reports)))
             spec_file.write_text(json.dumps(spec.to_dict()))
         cmd = [sys.executable, "-m", "bench.lan_stage", str(spec_file)]
+        sent = wire_bytes(stages + 1)
         procs = [
             in_ns(host(s)[0], *cmd, str(s), url, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for s in range(stages)
         ]
         outs = [_communicate(p, timeout_s) for p in procs]
+        sent = wire_bytes(stages + 1) - sent
         for p, (_, err) in zip(procs, outs, strict=True):
             if p.returncode != 0:
                 raise RuntimeError(f"stage failed: {err[-2000:]}")
         rows = [json.loads(line) for line in outs[-1][0].splitlines() if line.startswith("{")]
         epochs = [r for r in rows if r["type"] == "epoch"]
         stage_rows = [r for r in rows if r["type"] == "stage"]
+        samples = sum(e["samples"] for e in epochs)
         return {"samples_per_s": median_rate(epochs), "busy": last_epoch_busy(epochs, stage_rows),
-                "links": [spec.wire(s) for s in range(stages - 1)]}  # fmt: skip
+                "links": [spec.wire(s) for s in range(stages - 1)],
+                "network_bytes_per_sample": sent / samples}  # fmt: skip
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+        for proc in servers:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def run_torch(sizes: list[int], stages: int, schedule: str, m: int, steps: int, timeout_s: float) -> float:
@@ -156,45 +196,58 @@ def main() -> None:
     p.add_argument("--wires", nargs="+", default=["auto", "int8", "fp32"], help="auto: each link's measured choice")
     p.add_argument("--schedule", default="1f1b")
     p.add_argument("--micro-batches", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--samples", type=int, default=6400, help="training samples an epoch (synthetic MNIST)")
     p.add_argument("--torch-steps", type=int, default=12)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--layouts", nargs="+", choices=["central", "per-receiver"], default=["central", "per-receiver"])
     p.add_argument("--timeout", type=float, default=300, help="seconds any one run may take")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still delete the namespaces
     if os.geteuid() != 0:
         sys.exit("bench.lan creates network namespaces: run it as root")
     sizes = MODELS[args.model]
-    if not 2 <= args.stages <= min(MAX_HOSTS, len(sizes) - 1):
-        sys.exit(f"--stages must be in [2, {min(MAX_HOSTS, len(sizes) - 1)}] for this model")
+    if not 2 <= args.stages <= min(MAX_HOSTS - 1, len(sizes) - 1):
+        sys.exit(f"--stages must be in [2, {min(MAX_HOSTS - 1, len(sizes) - 1)}] for this model")
     rows = []
+    data_dir = synthetic_mnist(args.samples, 1000).data_dir
     try:
         with tempfile.TemporaryDirectory(prefix="arceus-lan-") as tmp:
             for rep in range(args.repeats):
                 for rate in args.rates:
-                    make_lan(args.stages, rate)
+                    make_lan(args.stages + 1, rate)  # the stage hosts and the coordinator
+                    sent = wire_bytes(args.stages + 1)
                     t = run_torch(sizes, args.stages, args.schedule, args.micro_batches, args.torch_steps, args.timeout)
-                    rows.append({"rate": rate, "case": f"torch {args.schedule}", "rep": rep, "samples_per_s": t})
-                    for wire in args.wires:
-                        r = run_arceus(sizes, args.stages, wire, args.schedule, args.micro_batches, args.epochs,
-                                       Path(tmp), args.timeout)  # fmt: skip
-                        rows.append({"rate": rate, "case": f"arceus {args.schedule} {wire}", "rep": rep, **r})
-                    print(json.dumps(rows[-1 - len(args.wires) :]), flush=True)
+                    per_sample = (wire_bytes(args.stages + 1) - sent) / ((args.torch_steps + 2) * 256)
+                    rows.append({"rate": rate, "case": f"torch {args.schedule}", "rep": rep, "samples_per_s": t,
+                                 "network_bytes_per_sample": per_sample})  # fmt: skip
+                    for layout in args.layouts:
+                        for wire in args.wires:
+                            r = run_arceus(sizes, args.stages, wire, args.schedule, args.micro_batches, args.epochs,
+                                           Path(tmp), args.timeout, layout, data_dir)  # fmt: skip
+                            rows.append({"rate": rate, "case": f"arceus {wire} {layout}", "rep": rep, **r})
+                            print(json.dumps(rows[-1]), flush=True)
     finally:
         delete_lan()
     print(json.dumps(rows, indent=1))
-    med: dict[tuple[str, str], list[float]] = {}
+    med: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        med.setdefault((row["rate"], row["case"]), []).append(row["samples_per_s"])
-    print(f"\n{'-'.join(map(str, sizes))}, {args.stages} stages, M={args.micro_batches}, {args.repeats} repeat(s)")
-    print(f"{'link':8s} {'case':22s} {'samples/s':>10s} {'vs torch':>8s}")
-    for (rate, case), rates in med.items():
-        value = statistics.median(rates)
-        torch_rate = statistics.median(med[(rate, f"torch {args.schedule}")])
-        print(f"{rate:8s} {case:22s} {value:10,.0f} {value / torch_rate:8.2f}")
+        med.setdefault((row["rate"], row["case"]), []).append(row)
+    print(f"\n{'-'.join(map(str, sizes))}, {args.stages} stages, {args.schedule} M={args.micro_batches}, "
+          f"{args.repeats} repeat(s); network bytes: all hosts' cables, per training sample")  # fmt: skip
+    print(f"{'link':8s} {'case':28s} {'samples/s':>10s} {'vs torch':>8s} {'vs central':>10s} {'KB/sample':>10s}")
+    for (rate, case), got in med.items():
+        value = statistics.median(r["samples_per_s"] for r in got)
+        kb = statistics.median(r["network_bytes_per_sample"] for r in got) / 1e3
+        torch_rate = statistics.median(r["samples_per_s"] for r in med[(rate, f"torch {args.schedule}")])
+        central = med.get((rate, case.replace("per-receiver", "central")))
+        vs_central = ""
+        if case.endswith("per-receiver") and central:
+            vs_central = f"{value / statistics.median(r['samples_per_s'] for r in central):10.2f}"
+        print(f"{rate:8s} {case:28s} {value:10,.0f} {value / torch_rate:8.2f} {vs_central:>10s} {kb:10.1f}")
     for row in rows:
-        if row["case"].endswith(" auto"):
-            print(f"{row['rate']} repeat {row['rep']}: auto's links sent {', '.join(row['links'])}")
+        if " auto " in row["case"]:
+            print(f"{row['rate']} repeat {row['rep']} {row['case']}: links sent {', '.join(row['links'])}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main() -> None:
         torch.set_num_threads(1)
         spec = RunSpec.from_dict(spec_dict)
         print(json.dumps(measure(redis.Redis.from_url(url), spec.job_id, spec.job, spec.stages[stage],
-                                 torch.device("cpu"))))  # fmt: skip
+                                 torch.device("cpu"), spec.data_urls)))  # fmt: skip
         return
     run_stage(spec_dict, stage, url, Settings.from_env(threads=1))
     spec = RunSpec.from_dict(spec_dict)

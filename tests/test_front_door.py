@@ -68,6 +68,34 @@ def test_jobs_share_the_pool_with_no_restarts(cluster):
     assert [(s["device_id"], s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(b, 0, 6)]
 
 
+def test_each_worker_can_hold_the_streams_into_its_stages(cluster, r):
+    """`arceus worker --data-redis embedded`: a password-protected Redis beside each worker holds the
+    streams into its stages (on a LAN, each payload then crosses the network once). The API hands
+    their URLs to the stages in their tasks, and to no client."""
+    for name in ("mac-a", "mac-b"):
+        cluster.start_device(name, 1, "--data-redis", "embedded", "--data-bind", "127.0.0.1")
+    cluster.wait_for_workers(2)
+    devices = [d["device_id"] for d in cluster.ok("GET", "/api/devices")["devices"]]
+    deadline = time.monotonic() + 30
+    while not all(json.loads(r.get(f"arceus:device:{d}")).get("data_url") for d in devices):
+        assert time.monotonic() < deadline, "the workers did not register their data Redis"
+        time.sleep(0.2)
+    data_urls = {d: json.loads(r.get(f"arceus:device:{d}"))["data_url"] for d in devices}
+    assert all(re.fullmatch(r"redis://:[0-9a-f]{32}@127\.0\.0\.1:\d+/0", u) for u in data_urls.values())
+    job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
+    plan = cluster.ok("POST", f"/api/network/initialize/{job_id}")["plan"]
+    job = _train(cluster, job_id)
+    steps = job["final_metrics"]["samples"] // SMALL["dataset_config"]["batch_size"]
+    # Stage 0's data Redis took the gradients into it, stage 1's the activations: one XADD each a step.
+    for shard in plan:
+        calls = redis.Redis.from_url(data_urls[shard["device_id"]]).info("commandstats")["cmdstat_xadd"]["calls"]
+        assert calls >= steps, (shard, calls)
+    passwords = [u.split(":")[2].split("@")[0] for u in data_urls.values()]
+    for path in ("/api/devices", f"/api/jobs/{job_id}", "/api/workers"):
+        body = json.dumps(cluster.ok("GET", path))
+        assert not any(p in body for p in passwords) and "data_url" not in body, path
+
+
 def test_fifty_concurrent_worker_listings_then_a_train_that_starts(cluster):
     cluster.join("mac-a", "mac-b")
     job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]

@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 
 import pytest
+import redis
 import torch
 from conftest import write_mnist
 
@@ -16,6 +17,7 @@ from arceus.engine.data import load_dataset
 from arceus.engine.reference import train_reference
 from arceus.errors import RunFailed
 from arceus.events import EventLog
+from arceus.launch.redis_server import EmbeddedRedis
 from arceus.launch.stages import _stage_process, train_local
 from arceus.liveness import RunLiveness
 from arceus.plan.runspec import RunSpec
@@ -203,3 +205,32 @@ def test_single_stage_equals_reference(redis_url, settings, mnist_dir):
     model, _ = _reference(job, train, mnist_dir)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(result.weights[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_streams_can_live_in_each_receivers_own_redis(redis_url, settings, mnist_dir):
+    """Per-receiver layout: the streams into stage s live in its data Redis (password-protected
+    here), so a payload crosses the network once; control and events stay in the run's Redis.
+    The result is the same training, to float rounding."""
+    job = _job([784, 128, 64, 10])
+    train = TrainConfig(epochs=1, learning_rate=0.05, momentum=0.5, micro_batches=2, wire="fp32", seed=5)
+    seen: dict[str, set] = {"central": set(), "a": set(), "b": set()}
+    with EmbeddedRedis(password="s3cret-a") as a, EmbeddedRedis(password="s3cret-b") as b:
+        servers = {"central": redis.Redis.from_url(redis_url), "a": redis.Redis.from_url(a.url),
+                   "b": redis.Redis.from_url(b.url)}  # fmt: skip
+
+        def look(ev: dict) -> None:  # mid-run: which server holds which stream
+            if ev["type"] == "progress":
+                for name, client in servers.items():
+                    seen[name] |= {":".join(k.decode().split(":")[-2:]) for pattern in ("*:fwd:*", "*:bwd:*")
+                                   for k in client.scan_iter(pattern) if not k.endswith(b":credit")}  # fmt: skip
+
+        result = train_local(job, train, 3, redis_url, settings, keep_weights=True, on_event=look,
+                             data_urls=[None, a.url, b.url])  # fmt: skip
+        assert seen == {"central": {"bwd:0"}, "a": {"fwd:1", "bwd:1"}, "b": {"fwd:2"}}
+        # Each receiver dropped its streams when the run ended.
+        assert not list(servers["a"].scan_iter("*")) and not list(servers["b"].scan_iter("*"))
+        assert servers["central"].exists(result.spec.keys.events)  # the run's events stayed central
+    model, history = _reference(job, train, mnist_dir)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(result.weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert result.spec.data_urls == (None, a.url, b.url)

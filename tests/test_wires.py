@@ -3,10 +3,12 @@
 import dataclasses
 
 import pytest
+import redis
 import torch
 
 from arceus.config import SEED_JOB, JobConfig, TrainConfig
 from arceus.engine.probe import measure
+from arceus.launch.redis_server import EmbeddedRedis
 from arceus.plan import wires
 from arceus.plan.partition import plan
 from arceus.plan.runspec import RunSpec
@@ -31,14 +33,32 @@ def test_a_stage_measures_its_leg_and_each_wire_on_its_boundaries(r):
             assert all(c["encode_ms"] > 0 and c["decode_ms"] > 0 for c in costs.values())
         # The leg to Redis, timed with a payload of the stage's largest fp32 activations.
         assert rep["probe_bytes"] == 256 * max(w for w in (widths["in"][s], widths["out"][s]) if w) * 4
-        assert rep["rtt_ms"] > 0 and rep["up_mb_s"] > 0 and rep["down_mb_s"] > 0
+        # Stage 0 writes only forward, the last only backward; all read. Central: one Redis for all.
+        ups = {"up_next_mb_s"} if s == 0 else {"up_prev_mb_s"} if s == 2 else {"up_next_mb_s", "up_prev_mb_s"}
+        assert {k for k in rep if k.startswith("up_")} == ups
+        assert rep["rtt_ms"] > 0 and rep["down_mb_s"] > 0 and all(rep[k] > 0 for k in ups)
     assert not list(r.scan_iter("arceus:job:probejob:*"))  # the probe payloads are gone
+
+
+def test_with_data_redis_a_stage_times_the_legs_its_streams_take(r):
+    """Per-receiver layout: stage 0 writes into stage 1's data Redis and reads from its own."""
+    stages = plan(JOB.layers, 2)
+    r.config_resetstat()
+    with EmbeddedRedis(password="probe-0") as mine, EmbeddedRedis(password="probe-1") as theirs:
+        report = measure(r, "probejob", JOB, stages[0], torch.device("cpu"), [mine.url, theirs.url])
+        servers = {"mine": mine, "theirs": theirs}
+        timed = {name: redis.Redis.from_url(server.url).info("commandstats") for name, server in servers.items()}
+    # Each leg: a warm-up and 7 timed SETs and GETs, on the Redis of the streams it stands for.
+    assert timed["mine"]["cmdstat_set"]["calls"] == timed["theirs"]["cmdstat_set"]["calls"] == 8
+    assert report["down_mb_s"] > 0 and report["up_next_mb_s"] > 0 and "up_prev_mb_s" not in report
+    assert "cmdstat_set" not in r.info("commandstats")  # the run's Redis carried none of it
 
 
 def _report(mb_s: float, encode_ms: dict, decode_ms: dict, sides=("in", "out")) -> dict:
     sizes = {"fp32": 131_091, "fp16": 65_556, "int8": 36_884}  # a batch of 256 x 128, as measured
     costs = {w: {"bytes": sizes[w], "encode_ms": encode_ms[w], "decode_ms": decode_ms[w]} for w in sizes}
-    return {"rtt_ms": 0.05, "up_mb_s": mb_s, "down_mb_s": mb_s, "codecs": {side: costs for side in sides}}
+    return {"rtt_ms": 0.05, "up_next_mb_s": mb_s, "up_prev_mb_s": mb_s, "down_mb_s": mb_s,
+            "codecs": {side: costs for side in sides}}  # fmt: skip
 
 
 CHEAP = {"fp32": 0.01, "fp16": 0.02, "int8": 0.15}  # encode or decode, ms, on a fast CPU

@@ -53,6 +53,8 @@ def _start_beat(sender=None, **_: object) -> None:
     if settings.threads:  # measured as it will train (workers.tasks sets the same)
         torch.set_num_threads(settings.threads)
     info = {k: v for k, v in describe_machine(settings.device).items() if v is not None}
+    if settings.data_redis_url:  # `arceus worker` started a Redis for the streams into this device
+        info["data_url"] = settings.data_redis_url
     r = redis.Redis.from_url(sender.app.conf.broker_url, socket_timeout=10, socket_connect_timeout=10)
     _beat = DeviceBeat(r, ids, sender.hostname, info).start()
     log.info("holding the lease of device(s) %s", ", ".join(ids))

@@ -31,9 +31,16 @@ def host(app: Celery) -> ShardHost:
 
 @shared_task(name=LOAD_SHARD, bind=True)
 def load_shard(
-    self, job_id: str, device_id: str, shard: dict, job_config: dict, seed: int, restore: bool = False
+    self,
+    job_id: str,
+    device_id: str,
+    shard: dict,
+    job_config: dict,
+    seed: int,
+    restore: bool = False,
+    data_urls: list[str | None] = (),
 ) -> dict:
-    return host(self.app).load(job_id, device_id, shard, job_config, seed, restore)
+    return host(self.app).load(job_id, device_id, shard, job_config, seed, restore, data_urls)
 
 
 @shared_task(name=RUN_STAGE, bind=True)

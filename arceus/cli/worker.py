@@ -14,8 +14,11 @@ Celery worker (a stage it was running is handed to a recovery).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,7 @@ from ..control.client import ApiClient
 from ..control.devices import BEAT_S, LEASE_S
 from ..errors import ApiError
 from ..launch.procs import child_environment, parent_death_hook
+from ..launch.redis_server import EmbeddedRedis
 from ..settings import Settings
 
 __all__ = ["add_commands"]
@@ -41,6 +45,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--name", help="device name, unique in the cluster (default: this machine's host name)")
     w.add_argument("--device", help="torch device (default: ARCEUS_DEVICE, else mps > cuda > cpu)")
     w.add_argument("--job-id", help="also register the device for this job (the original flow)")
+    w.add_argument("--data-redis", default="auto", metavar="auto|central|embedded|URL",
+                   help="where the streams into this device's stages live: embedded, a Redis this worker starts "
+                        "beside it (each payload then crosses the network once); central, the cluster's; or a "
+                        "redis:// URL. auto (default): embedded when the cluster's Redis is on another "
+                        "machine")  # fmt: skip
+    w.add_argument("--data-bind", metavar="ADDR",
+                   help="the address the embedded data Redis listens on (default: the one this machine reaches "
+                        "the cluster's Redis from)")  # fmt: skip
     w.set_defaults(func=cmd_worker)
 
 
@@ -65,13 +77,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Its speed and free memory are measured by the Celery worker, with the threads it trains with.
     info = {k: v for k, v in describe_machine(settings.device, measure=False).items() if v is not None}
     info["name"] = args.name or info["host"]
+    data = _data_redis(args, redis_url)  # before registering: a port that cannot be had fails first
+    try:
+        return _serve(args, client, url, redis_url, info, data)
+    finally:
+        if isinstance(data, EmbeddedRedis):
+            data.stop()
+
+
+def _serve(
+    args: argparse.Namespace, client: ApiClient, url: str, redis_url: str, info: dict, data: EmbeddedRedis | str | None
+) -> int:
+    """Register the device and run its Celery worker until it stops (SIGTERM, Ctrl-C)."""
     reply = _register(client, info, args.job_id)
     device_id, queue = reply["device_id"], reply["queue"]
     print(f"device {device_id} ({info['name']}, {info['torch_device']}) serves queue {queue} of {url}", flush=True)
     cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-n", f"{queue}@%h",
            "--loglevel", "INFO"]  # fmt: skip
     # The Redis URL (with its password) and our pid reach the worker through its environment only.
-    env = child_environment(Settings.from_env(device=args.device, redis_url=redis_url, parent_pid=os.getpid()))
+    data_url = data.url_for(_reachable_host(data.bind, redis_url)) if isinstance(data, EmbeddedRedis) else data
+    where = f"its own Redis at {urlsplit(data_url).hostname}:{urlsplit(data_url).port}" if data_url else "the cluster's"
+    print(f"streams into device {device_id}: {where}", flush=True)
+    env = child_environment(Settings.from_env(device=args.device, redis_url=redis_url, parent_pid=os.getpid(),
+                                              data_redis_url=data_url))  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_hook())
     stopping = []
 
@@ -97,6 +125,50 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"device {device_id} stopped serving; `arceus worker` with the name {info['name']!r} takes it back "
           f"(DELETE /api/devices/{device_id} removes it)", flush=True)  # fmt: skip
     return 0 if stopping else code
+
+
+def _data_redis(args: argparse.Namespace, redis_url: str) -> EmbeddedRedis | str | None:
+    """The Redis for the streams into this device: an embedded one started here (password-protected,
+    bound to ``--data-bind``), a URL given, or None (the cluster's)."""
+    choice = args.data_redis
+    cluster_host = urlsplit(redis_url).hostname or "127.0.0.1"
+    if choice == "auto":  # one machine: nothing crosses a network, one Redis serves best
+        choice = "central" if _is_loopback(cluster_host) else "embedded"
+    if choice == "central":
+        return None
+    if choice != "embedded":
+        if not choice.startswith(("redis://", "rediss://")):
+            raise ApiError(f"--data-redis must be auto, central, embedded or a redis:// URL, got {choice!r}")
+        try:
+            redis.Redis.from_url(choice, socket_connect_timeout=5).ping()
+        except redis.RedisError as e:
+            where = f"{urlsplit(choice).hostname}:{urlsplit(choice).port}"
+            raise ApiError(f"the data Redis {where} does not answer: {e}") from None
+        return choice
+    bind = args.data_bind or _source_address(cluster_host)
+    return EmbeddedRedis(bind=bind, password=secrets.token_hex(16)).start()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _source_address(host: str) -> str:
+    """The address of this machine that packets to ``host`` leave from (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host), 9))
+        return s.getsockname()[0]
+
+
+def _reachable_host(bind: str, redis_url: str) -> str:
+    """How the other machines reach a server bound to ``bind``: that address, or for a wildcard the
+    one we reach the cluster's Redis from."""
+    if bind in ("0.0.0.0", "::", ""):
+        return _source_address(urlsplit(redis_url).hostname or "127.0.0.1")
+    return bind
 
 
 def _without_token(argv: list[str]) -> list[str]:

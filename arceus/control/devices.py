@@ -27,9 +27,10 @@ __all__ = ["BEAT_S", "LEASE_S", "DeviceBeat", "DeviceRegistry", "check_device_id
 
 log = logging.getLogger(__name__)
 
-# What a device's worker measures as it starts (engine.device.describe_machine): its matmul
-# GFLOP/s and free memory, which the plan divides the work by.
-MEASURED = ("gflops", "free_memory_gb")
+# What a device's worker says of itself as it starts, always its own (a field it does not send
+# is cleared): its matmul GFLOP/s and free memory (engine.device.describe_machine), which the
+# plan divides the work by, and its data Redis (the streams into its stages), if it runs one.
+WORKER_FIELDS = ("gflops", "free_memory_gb", "data_url")
 BEAT_S = 2.0  # a worker renews its devices' leases this often
 LEASE_S = 10.0  # a device unheard of this long is not live: planning skips it, its name is free again
 REGISTERED = b"registered"  # the lease a registration holds until its worker first beats
@@ -189,15 +190,15 @@ class DeviceBeat:
 
     def first_beat(self) -> None:
         """Fill in what the machine is where the registration did not say (a device registered by
-        hand with only a name); what it said wins (a memory it declared), except what this worker
-        measured (``MEASURED``): that is always this worker's."""
+        hand with only a name); what it said wins (a memory it declared), except ``WORKER_FIELDS``:
+        those are always this worker's."""
         self.beat()
         for device_id in self.device_ids:
             raw = self.r.get(keys.device(device_id))
             if raw is not None:
                 record = json.loads(raw)
-                fresh = {k: v for k, v in self.info.items() if k not in record or k in MEASURED}
-                self.registry.update(device_id, **fresh)
+                fresh = {k: v for k, v in self.info.items() if k not in record}
+                self.registry.update(device_id, **{**fresh, **{k: self.info.get(k) for k in WORKER_FIELDS}})
                 if record.get("name"):  # kept for registering again under it
                     self.info["name"] = record["name"]
 

@@ -43,7 +43,14 @@ class ShardHost:
         self.running: dict[int, RunSpec] = {}  # stage -> the run it is in, while a run_stage task runs
 
     def load(
-        self, job_id: str, device_id: str, shard: dict, job_config: dict, seed: int, restore: bool = False
+        self,
+        job_id: str,
+        device_id: str,
+        shard: dict,
+        job_config: dict,
+        seed: int,
+        restore: bool = False,
+        data_urls: list[str | None] = (),
     ) -> dict:
         if self.store.get(job_id)["status"] not in ("initializing", "recovering"):
             # A redelivered task of an initialization that is over must not replace a newer shard.
@@ -62,7 +69,7 @@ class ShardHost:
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
         # What its links cost from here, for the API to pick each link's wire (plan.wires).
-        link = measure(self.r, job_id, job, plan, device)
+        link = measure(self.r, job_id, job, plan, device, data_urls)
         return {"device_id": device_id, "stage": plan.stage, "start_layer": plan.start_layer,
                 "end_layer": plan.end_layer, "parameters": params, "torch_device": str(device),
                 "link": link}  # fmt: skip

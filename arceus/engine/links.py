@@ -17,7 +17,7 @@ import torch
 
 from ..config import WIRE_CODECS
 from ..errors import PayloadError, ProtocolError, TrainingDiverged
-from ..liveness import RunLiveness
+from ..liveness import HEARTBEAT_S, HEARTBEAT_TTL_S, RunLiveness
 from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
 from ..settings import Settings
@@ -52,12 +52,20 @@ class StageLinks:
         self.metrics = StageMetrics()
         first, last = stage == 0, stage == spec.num_stages - 1
         run, t, w = spec.keys, settings.recv_timeout_s, settings.stream_window
-        self.fwd_in = None if first else Receiver(r, run.fwd(stage), t, liveness, who)
-        self.bwd_in = None if last else Receiver(r, run.bwd(stage), t, liveness, who)
+        # A stream lives in its receiver's data Redis when the run has them (each payload then
+        # crosses the network once, sender to receiver), else in the run's Redis.
+        self._clients: dict[str, redis.Redis] = {}
+
+        def into(s: int) -> redis.Redis:
+            url = spec.data_url(s)
+            return r if url is None else self._clients.setdefault(url, redis.Redis.from_url(url))
+
+        self.fwd_in = None if first else Receiver(into(stage), run.fwd(stage), t, liveness, who)
+        self.bwd_in = None if last else Receiver(into(stage), run.bwd(stage), t, liveness, who)
         # Sends do not wait for Redis and receives are read ahead (engine.streams), so the
         # stage computes while its neighbours' messages travel.
-        self.fwd_out = None if last else Sender(r, run.fwd(stage + 1), w, t, liveness, who)
-        self.bwd_out = None if first else Sender(r, run.bwd(stage - 1), w, t, liveness, who)
+        self.fwd_out = None if last else Sender(into(stage + 1), run.fwd(stage + 1), w, t, liveness, who)
+        self.bwd_out = None if first else Sender(into(stage - 1), run.bwd(stage - 1), w, t, liveness, who)
 
     def reset_metrics(self) -> None:
         self.metrics = StageMetrics()
@@ -84,7 +92,10 @@ class StageLinks:
     def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
         t0 = time.perf_counter()
         self.flush()
-        entry_id, fields = rx.recv(what)
+        try:
+            entry_id, fields = rx.recv(what)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._link_lost(rx.key, e)
         t1 = time.perf_counter()
         self.metrics.wait_s += t1 - t0
         self.metrics.messages += 1
@@ -155,7 +166,10 @@ class StageLinks:
             fields["y"] = msg.y_wire if msg.y_wire is not None else encode(_small_labels(msg.y), "raw")
         t1 = time.perf_counter()
         self.metrics.codec_s += t1 - t0
-        tx.send(fields, what)
+        try:
+            tx.send(fields, what)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._link_lost(tx.key, e)
         self.metrics.send_s += time.perf_counter() - t1
         self.metrics.messages += 1
 
@@ -164,7 +178,22 @@ class StageLinks:
         an XADD Redis refused (out of memory, ...) fails the run now, not as a timeout elsewhere."""
         for tx in (self.fwd_out, self.bwd_out):
             if tx is not None:
-                tx.flush()
+                try:
+                    tx.flush()
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    self._link_lost(tx.key, e)
+
+    def _link_lost(self, key: str, error: Exception) -> None:
+        """A stream's Redis stopped answering. Where streams live next to their receivers, that is
+        a neighbour's machine going away: its stage's heartbeat (in the run's Redis) expires
+        within ``HEARTBEAT_TTL_S``, and this stage stops as a lost-device run does (``RunAborted``),
+        for a recovery to resume. A Redis that fails while every stage beats is the run's error."""
+        deadline = time.monotonic() + HEARTBEAT_TTL_S + 2 * HEARTBEAT_S
+        while time.monotonic() < deadline:
+            self.liveness.check()  # RunAborted once the neighbour is presumed lost
+            time.sleep(HEARTBEAT_S / 2)
+        reason = f"{self.who}: the Redis of {key} stopped answering ({error}), and every stage still beats"
+        raise type(error)(reason) from error
 
     def close(self) -> None:
         """Close every link; one that fails is logged, since the run's outcome is already decided."""
@@ -174,6 +203,8 @@ class StageLinks:
                     link.close()
                 except Exception as e:  # noqa: BLE001
                     log.warning("%s: closing %s: %s: %s", self.who, link.key, type(e).__name__, e)
+        for client in self._clients.values():
+            client.close()
 
 
 def _small_labels(y: torch.Tensor) -> torch.Tensor:

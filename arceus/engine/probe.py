@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 import torch
@@ -30,10 +30,21 @@ PROBE_MAX_BYTES = 1 << 20  # larger activations are timed at this size: a rate, 
 REPEATS = 7
 
 
-def measure(r: redis.Redis, job_id: str, job: JobConfig, shard: StageAssignment, device: torch.device) -> dict:
-    """The stage's report: ``rtt_ms``, ``up_mb_s`` and ``down_mb_s`` of its leg to Redis, and per
-    boundary it sends and receives on ("in": from the stage before, "out": to the one after), per
-    wire: the bytes of a batch's activations and the milliseconds to encode and to decode them."""
+def measure(
+    r: redis.Redis,
+    job_id: str,
+    job: JobConfig,
+    shard: StageAssignment,
+    device: torch.device,
+    data_urls: Sequence[str | None] = (),
+) -> dict:
+    """The stage's report. The streams it reads live in its data Redis (``data_urls[stage]``) and
+    those it writes in its neighbours', where they have one, else in ``r``: one Redis for all in
+    the central layout, each receiver's own otherwise. The report has the rate it
+    reads at (``down_mb_s``, from "in"), the rates it writes at (``up_next_mb_s``, ``up_prev_mb_s``)
+    and the round trip to "in" (``rtt_ms``). Per boundary it sends and receives on ("in": from the
+    stage before, "out": to the one after), per wire, it has the bytes of a batch's activations
+    and the milliseconds to encode and to decode them."""
     rows = job.dataset.batch_size
     first, last = shard.start_layer == 0, shard.end_layer == len(job.layers)
     shapes = {}
@@ -43,8 +54,29 @@ def measure(r: redis.Redis, job_id: str, job: JobConfig, shard: StageAssignment,
         shapes["out"] = job.layers[shard.end_layer - 1].output.shape
     report: dict = {"codecs": {side: _codecs((rows, *shape), device) for side, shape in shapes.items()}}
     biggest = max((rows * math.prod(shape) * 4 for shape in shapes.values()), default=0)
-    if biggest:
-        report.update(_leg(r, job_id, shard.stage, min(biggest, PROBE_MAX_BYTES)))
+    if not biggest:
+        return report
+    nbytes = min(biggest, PROBE_MAX_BYTES)
+    where = {"in": shard.stage}
+    if not last:
+        where["next"] = shard.stage + 1
+    if not first:
+        where["prev"] = shard.stage - 1
+    legs: dict[str | None, dict] = {}  # by Redis: the central layout times one leg, not three
+    for name, stage in where.items():
+        url = data_urls[stage] if stage < len(data_urls) else None
+        if url not in legs:
+            client = r if url is None else redis.Redis.from_url(url)
+            try:
+                legs[url] = _leg(client, job_id, shard.stage, nbytes)
+            finally:
+                if client is not r:
+                    client.close()
+        if name == "in":
+            report.update(rtt_ms=legs[url]["rtt_ms"], down_mb_s=legs[url]["down_mb_s"])
+        else:
+            report[f"up_{name}_mb_s"] = legs[url]["up_mb_s"]
+    report["probe_bytes"] = nbytes
     return report
 
 
@@ -96,7 +128,6 @@ def _leg(r: redis.Redis, job_id: str, stage: int, nbytes: int) -> dict:
         r.delete(key)
     return {
         "rtt_ms": round(rtt * 1e3, 4),
-        "probe_bytes": nbytes,
         "up_mb_s": round(nbytes / max(up - rtt, 1e-7) / 1e6, 1),
         "down_mb_s": round(nbytes / max(down - rtt, 1e-7) / 1e6, 1),
     }

@@ -90,7 +90,8 @@ def _with_links(spec: RunSpec, r: redis.Redis, threads: int) -> RunSpec:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        reports = [measure(r, spec.job_id, spec.job, s, pick_device(spec.device_for(s.stage))) for s in spec.stages]
+        reports = [measure(r, spec.job_id, spec.job, s, pick_device(spec.device_for(s.stage)), spec.data_urls)
+                   for s in spec.stages]  # fmt: skip
     finally:
         torch.set_num_threads(before)
     return replace(spec, stages=tuple(wires.choose(spec.stages, reports)))
@@ -120,6 +121,7 @@ def train_local(
     stages: Sequence[StageAssignment] = (),
     job_id: str | None = None,
     resume: int | str | None = None,
+    data_urls: Sequence[str | None] = (),
 ) -> RunResult:
     """Train ``job`` on ``num_stages`` stage processes; checkpoints go to the store under
     ``settings.checkpoint_dir``, by ``job_id`` (a new one when None). ``resume`` ("latest" or a
@@ -136,6 +138,7 @@ def train_local(
     if job_id is not None:  # a fresh start, or a resume, makes the checkpoints past it another future's
         store.drop_after(job_id, start_step)
     spec = RunSpec.new(job, train, num_stages, job_id=job_id, device=device, stages=stages, start_step=start_step)
+    spec = replace(spec, data_urls=tuple(data_urls))  # each stage's inbound streams: there, or in redis_url
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)

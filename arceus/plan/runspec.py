@@ -31,6 +31,9 @@ class RunSpec:
     # Steps the job has trained before this run: it starts at that point of the data order
     # (from a checkpoint, or where the job's previous run ended) and numbers steps from it.
     start_step: int = 0
+    # Per stage, the Redis that holds the streams into it (its worker's data Redis, next to it),
+    # or None: the run's own Redis, which always holds control, events and job state.
+    data_urls: tuple[str | None, ...] = field(default=())
 
     @classmethod
     def new(
@@ -86,6 +89,10 @@ class RunSpec:
         measured = self.stages[link].link
         return measured["wire"] if measured else FALLBACK
 
+    def data_url(self, stage: int) -> str | None:
+        """Where the streams into ``stage`` live: its data Redis, or None for the run's Redis."""
+        return self.data_urls[stage] if stage < len(self.data_urls) else None
+
     def device_for(self, stage: int) -> str | None:
         return self.devices[stage] if stage < len(self.devices) else None
 
@@ -98,6 +105,7 @@ class RunSpec:
             "stages": [s.to_dict() for s in self.stages],
             "devices": list(self.devices),
             "start_step": self.start_step,
+            "data_urls": list(self.data_urls),
         }
 
     @classmethod
@@ -110,4 +118,5 @@ class RunSpec:
             stages=tuple(StageAssignment.from_dict(s) for s in d["stages"]),
             devices=tuple(d.get("devices", ())),
             start_step=int(d.get("start_step", 0)),
+            data_urls=tuple(d.get("data_urls", ())),
         )

@@ -1,9 +1,10 @@
 """Each link's wire, chosen from what its two ends measured (plain data, no torch).
 
 Link ``s`` joins stage ``s`` to stage ``s + 1``. Each batch it carries the activations forward
-and gradients of the same size back. Each one is encoded at one end, sent up one leg to Redis,
-down the other leg, and decoded at the far end. ``engine.probe`` measures every term of that at
-each stage: the leg's rate each way, and the encode and decode times of each wire. A link takes
+and gradients of the same size back. Each one is encoded at one end, written into the Redis that
+holds the stream (the run's, or the receiver's own), read out of it at the far end, and decoded.
+``engine.probe`` measures every term of that at each stage: the rates it writes and reads at,
+and the encode and decode times of each wire. A link takes
 the wire with the least total. On loopback or a fast LAN that is fp32, since encoding costs
 more than the bytes it saves. On a slow link, the bytes cost more, and int8 wins.
 """
@@ -27,24 +28,25 @@ MARGIN = 0.9
 FALLBACK = "int8"  # an "auto" link nobody measured (a plan from before links were measured)
 
 
-def _transfer_ms(report: dict, way: str, nbytes: int) -> float:
-    return nbytes / (report[f"{way}_mb_s"] * 1e6) * 1e3
+def _transfer_ms(mb_s: float, nbytes: int) -> float:
+    return nbytes / (mb_s * 1e6) * 1e3
 
 
 def link_ms(sender: dict, receiver: dict, wire: str) -> float:
     """Milliseconds, estimated, to move one batch's activations over the link and its gradients
-    back with ``wire``: the codec at both ends and the transfer on both legs, each way."""
+    back with ``wire``: the codec at both ends, and each way the writer's leg into the stream's
+    Redis and the reader's leg out of it."""
     out, into = sender["codecs"]["out"][wire], receiver["codecs"]["in"][wire]
     forward = (
         out["encode_ms"]
-        + _transfer_ms(sender, "up", out["bytes"])
-        + _transfer_ms(receiver, "down", out["bytes"])
+        + _transfer_ms(sender["up_next_mb_s"], out["bytes"])
+        + _transfer_ms(receiver["down_mb_s"], out["bytes"])
         + into["decode_ms"]
     )
     backward = (
         into["encode_ms"]
-        + _transfer_ms(receiver, "up", into["bytes"])
-        + _transfer_ms(sender, "down", into["bytes"])
+        + _transfer_ms(receiver["up_prev_mb_s"], into["bytes"])
+        + _transfer_ms(sender["down_mb_s"], into["bytes"])
         + out["decode_ms"]
     )
     return forward + backward
@@ -69,10 +71,10 @@ def choose(stages: Sequence[StageAssignment], reports: Sequence[dict]) -> list[S
             why = f"the link is the bottleneck: {size['fp32'] / size[wire]:.1f}x fewer bytes than fp32"
         others = ", ".join(f"{w} {ms[w]:.2f} ms" for w in CANDIDATES if w != wire)
         legs = (
-            f"stage {s} {a['up_mb_s']:,.0f} MB/s up, {a['down_mb_s']:,.0f} down; "
-            f"stage {s + 1} {b['up_mb_s']:,.0f} MB/s up, {b['down_mb_s']:,.0f} down"
+            f"stage {s} writes at {a['up_next_mb_s']:,.0f} MB/s and reads at {a['down_mb_s']:,.0f}; "
+            f"stage {s + 1} writes at {b['up_prev_mb_s']:,.0f} and reads at {b['down_mb_s']:,.0f}"
         )
-        reason = f"{why}: {wire} {ms[wire]:.2f} ms a batch there and back ({others}); legs to Redis: {legs}"
+        reason = f"{why}: {wire} {ms[wire]:.2f} ms a batch there and back ({others}); {legs}"
         link = {"to_stage": s + 1, "wire": wire, "reason": reason,
                 "ms": {w: round(v, 3) for w, v in ms.items()}, "bytes": size}  # fmt: skip
         out.append(replace(shard, link=link))
