@@ -47,7 +47,8 @@ def _capacity(device: dict) -> int | None:
     which MPS shares) and what its worker found free as it started; None when it reported neither."""
     on_gpu = str(device.get("torch_device", "")).startswith("cuda")
     total = device.get("accelerator_memory_gb") if on_gpu else device.get("memory_gb")
-    known = [gb for gb in (total, device.get("free_memory_gb")) if gb]
+    free = device.get("free_memory_gb")  # 0 is a measurement (nothing free), unlike a total of 0
+    known = [gb for gb in (total or None, free) if gb is not None]
     return int(min(known) * 2**30) if known else None
 
 
@@ -55,7 +56,7 @@ def _with_links(shards: list[StageAssignment], confirmed: list[dict]) -> list[St
     """The plan with each link's wire, from what the stages' workers measured as they loaded."""
     reports = {info.get("stage"): info.get("link") for info in confirmed}
     if len(shards) < 2 or any(not isinstance(reports.get(s.stage), dict) for s in shards):
-        return shards  # a worker of before links were measured: "auto" falls back to wires.FALLBACK
+        return shards  # nothing measured: "auto" falls back to wires.FALLBACK
     try:
         return wires.choose(shards, [reports[s.stage] for s in shards])
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
@@ -205,8 +206,9 @@ class Control:
     ) -> list[dict]:
         """Every device's worker loads its shard (from ``seed``, or its slice of the checkpoint
         ``manifest``); returns their confirmations, or fails the job naming the device."""
-        pending, data_urls = [], self._data_urls(shards)
+        pending = []
         try:
+            data_urls = self._data_urls(shards)
             for shard in shards:
                 if manifest is not None:  # the stage's slice, by Redis: tensors never go through Celery
                     data = self.checkpoints.slice(job_id, manifest["step"], shard.start_layer, shard.end_layer)

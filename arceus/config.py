@@ -268,7 +268,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
                0.0, 1e6),
         Option("micro_batches", int, 1, "micro-batches per mini-batch; gradients accumulate over them", 1, 1024),
         Option("wire", str, "auto", "codec of activations and gradients between stages; auto: each link's "
-               "fastest, measured at initialize (fp32 on fast links, int8 or fp16 on slow ones)",
+               "faster of fp32 and int8, measured at initialize (fp32 on fast links, int8 on slow ones)",
                choices=("auto", *WIRE_CODECS)),
         Option("schedule", str, "gpipe", "pipeline schedule", choices=SCHEDULES),
         Option("seed", int, 0, "seeds the order of the training samples (and, in a local arceus train, the weights)",

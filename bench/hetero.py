@@ -149,20 +149,24 @@ def main() -> None:
                 for g in groups:
                     g.delete()
     print(json.dumps(rows, indent=1))
+    summarize(rows)
+
+
+def summarize(rows: list[dict]) -> None:
     print(f"\n{'model':6s} {'slow':>4s} {'plan':9s} {'samples/s':>10s} {'vs equal':>8s} {'vs balanced':>11s}  "
           "expected / measured compute ms a batch, per stage")  # fmt: skip
-    for model in args.model:
-        for slow in args.slow:
-            med = {}
-            for name in ("equal", "balanced", "aware"):
-                mine = [r for r in rows if (r["model"], r["slow"], r["plan"]) == (model, slow, name)]
-                med[name] = statistics.median(r["samples_per_s"] for r in mine)
-                measured = [statistics.median(r["compute_ms"][s] for r in mine) for s in range(3)]
-                stages = ", ".join(f"{e:.0f}/{m:.0f}" for e, m in zip(mine[0]["expected_ms"], measured, strict=True))
-                print(
-                    f"{model:6s} {slow:>4d} {name:9s} {med[name]:10,.0f} {med[name] / med['equal']:8.2f} "
-                    f"{med[name] / med['balanced']:11.2f}  {stages}"
-                )
+    for model, slow in dict.fromkeys((r["model"], r["slow"]) for r in rows):
+        mine = {name: [r for r in rows if (r["model"], r["slow"], r["plan"]) == (model, slow, name)]
+                for name in ("equal", "balanced", "aware")}  # fmt: skip
+        med = {name: statistics.median(r["samples_per_s"] for r in got) for name, got in mine.items()}
+        for name, got in mine.items():
+            measured = [statistics.median(r["compute_ms"][str(s)] if str(s) in r["compute_ms"]
+                                          else r["compute_ms"][s] for r in got) for s in range(3)]  # fmt: skip
+            stages = ", ".join(f"{e:.0f}/{m:.0f}" for e, m in zip(got[0]["expected_ms"], measured, strict=True))
+            print(
+                f"{model:6s} {slow:>4d} {name:9s} {med[name]:10,.0f} {med[name] / med['equal']:8.2f} "
+                f"{med[name] / med['balanced']:11.2f}  {stages}"
+            )
 
 
 if __name__ == "__main__":

@@ -156,7 +156,10 @@ def test_a_character_gpt_trains_through_the_api(cluster):
            "block_size": 32, "batch_size": 16, "val_batch_size": 64}}  # fmt: skip
     job_id, _ = _job_with_workers(cluster, 2, job)
     init = _initialize(cluster, job_id)
-    assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 3), (3, 5)]
+    # Two contiguous ranges; where the cut falls follows the speeds the two workers measured (they share
+    # this machine), so it is not asserted here (tests/test_partition.py checks the planner).
+    ranges = [(s["start_layer"], s["end_layer"]) for s in init["plan"]]
+    assert len(ranges) == 2 and ranges[0][0] == 0 and ranges[0][1] == ranges[1][0] and ranges[1][1] == 5
     body = {"epochs": 3, "learning_rate": 0.3, "momentum": 0.9}
     assert cluster.call("POST", f"/api/network/train/{job_id}", body)[0] == 200
     job = cluster.wait_for(job_id, lambda j: j["status"] in ("completed", "failed"), 240, "training to end")
@@ -211,7 +214,8 @@ def test_stop_ends_training_within_seconds(cluster, r):
 
 def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster, r):
     job_id, devices = _job_with_workers(cluster, 3)
-    _initialize(cluster, job_id)
+    plan = _initialize(cluster, job_id)["plan"]
+    stage = next(s["stage"] for s in plan if s["device_id"] == devices[1])  # the order follows measured speeds
     body = {"epochs": 500, "learning_rate": 0.1, "max_recoveries": 0}
     cluster.call("POST", f"/api/network/train/{job_id}", body)
     cluster.wait_for(job_id, lambda j: "progress" in j, 60, "training progress")
@@ -219,7 +223,7 @@ def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster,
     t0 = time.monotonic()
     job = cluster.wait_for(job_id, lambda j: j["status"] not in ("training", "recovering"), 30, "the job to fail")
     assert job["status"] == "failed"
-    assert f"device {devices[1]} (stage 1) was lost" in job["error"] and "max_recoveries=0" in job["error"]
+    assert f"device {devices[1]} (stage {stage}) was lost" in job["error"] and "max_recoveries=0" in job["error"]
     assert time.monotonic() - t0 < 20
     # What the failed run leaves behind goes: its streams at once, the rest (events, liveness) expires.
     run = RunKeys(job_id, job["run_id"])

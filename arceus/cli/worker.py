@@ -48,8 +48,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--data-redis", default="auto", metavar="auto|central|embedded|URL",
                    help="where the streams into this device's stages live: embedded, a Redis this worker starts "
                         "beside it (each payload then crosses the network once); central, the cluster's; or a "
-                        "redis:// URL. auto (default): embedded when the cluster's Redis is on another "
-                        "machine")  # fmt: skip
+                        "redis:// URL (better given as ARCEUS_DATA_REDIS_URL, off the command line). auto "
+                        "(default): embedded when the cluster's Redis is on another machine")  # fmt: skip
     w.add_argument("--data-bind", metavar="ADDR",
                    help="the address the embedded data Redis listens on (default: the one this machine reaches "
                         "the cluster's Redis from)")  # fmt: skip
@@ -95,11 +95,14 @@ def _serve(
     cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-n", f"{queue}@%h",
            "--loglevel", "INFO"]  # fmt: skip
     # The Redis URL (with its password) and our pid reach the worker through its environment only.
-    data_url = data.url_for(_reachable_host(data.bind, redis_url)) if isinstance(data, EmbeddedRedis) else data
+    data_url = data.worker_url_for(_reachable_host(data.bind, redis_url)) if isinstance(data, EmbeddedRedis) else data
     where = f"its own Redis at {urlsplit(data_url).hostname}:{urlsplit(data_url).port}" if data_url else "the cluster's"
     print(f"streams into device {device_id}: {where}", flush=True)
-    env = child_environment(Settings.from_env(device=args.device, redis_url=redis_url, parent_pid=os.getpid(),
-                                              data_redis_url=data_url))  # fmt: skip
+    env = child_environment(
+        Settings.from_env(
+            device=args.device, redis_url=redis_url, parent_pid=os.getpid(), data_redis_url=data_url or ""
+        )
+    )  # fmt: skip  ("": none)
     proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_hook())
     stopping = []
 
@@ -131,6 +134,8 @@ def _data_redis(args: argparse.Namespace, redis_url: str) -> EmbeddedRedis | str
     """The Redis for the streams into this device: an embedded one started here (password-protected,
     bound to ``--data-bind``), a URL given, or None (the cluster's)."""
     choice = args.data_redis
+    if choice == "auto" and os.environ.get("ARCEUS_DATA_REDIS_URL"):  # a password is better kept off argv
+        choice = os.environ["ARCEUS_DATA_REDIS_URL"]
     cluster_host = urlsplit(redis_url).hostname or "127.0.0.1"
     if choice == "auto":  # one machine: nothing crosses a network, one Redis serves best
         choice = "central" if _is_loopback(cluster_host) else "embedded"
@@ -146,7 +151,10 @@ def _data_redis(args: argparse.Namespace, redis_url: str) -> EmbeddedRedis | str
             raise ApiError(f"the data Redis {where} does not answer: {e}") from None
         return choice
     bind = args.data_bind or _source_address(cluster_host)
-    return EmbeddedRedis(bind=bind, password=secrets.token_hex(16)).start()
+    server = EmbeddedRedis(bind=bind, password=secrets.token_hex(16))
+    # The stages of other machines get a Redis user that can do what stages do, not the admin password.
+    server.worker_password = secrets.token_hex(16)
+    return server.start()
 
 
 def _is_loopback(host: str) -> bool:
@@ -158,9 +166,13 @@ def _is_loopback(host: str) -> bool:
 
 def _source_address(host: str) -> str:
     """The address of this machine that packets to ``host`` leave from (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((socket.gethostbyname(host), 9))
-        return s.getsockname()[0]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), 9))
+            return s.getsockname()[0]
+    except OSError as e:
+        raise ApiError(f"cannot tell which address of this machine reaches {host} ({e}): give --data-bind ADDR, "
+                       "or --data-redis central") from None  # fmt: skip
 
 
 def _reachable_host(bind: str, redis_url: str) -> str:

@@ -192,8 +192,7 @@ class DeviceBeat:
         """Fill in what the machine is where the registration did not say (a device registered by
         hand with only a name); what it said wins (a memory it declared), except ``WORKER_FIELDS``:
         those are always this worker's."""
-        self.beat()
-        for device_id in self.device_ids:
+        for device_id in self.device_ids:  # before the beat: a plan of the live device sees all of it
             raw = self.r.get(keys.device(device_id))
             if raw is not None:
                 record = json.loads(raw)
@@ -201,6 +200,7 @@ class DeviceBeat:
                 self.registry.update(device_id, **{**fresh, **{k: self.info.get(k) for k in WORKER_FIELDS}})
                 if record.get("name"):  # kept for registering again under it
                     self.info["name"] = record["name"]
+        self.beat()
 
     def _register_again(self, device_id: str) -> None:
         try:

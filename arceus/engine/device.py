@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
@@ -12,6 +13,8 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["describe_machine", "free_memory_gb", "matmul_gflops", "pick_device"]
+
+log = logging.getLogger(__name__)
 
 SPEED_S = 0.5  # how long a worker times matmuls for: long enough to see a CPU quota (100 ms periods)
 
@@ -42,7 +45,10 @@ def describe_machine(device: str | None = None, measure: bool = True) -> dict:
     info = {"host": socket.gethostname(), "platform": platform.platform(), "torch_device": str(dev),
             "torch": torch.__version__}  # fmt: skip
     if measure:
-        info["gflops"] = round(matmul_gflops(dev), 2)
+        try:
+            info["gflops"] = round(matmul_gflops(dev), 2)
+        except (RuntimeError, MemoryError) as e:  # a device that fails a matmul still registers; plans ignore speeds
+            log.warning("could not measure %s's speed: %s: %s", dev, type(e).__name__, e)
         info["free_memory_gb"] = free_memory_gb(dev)
     try:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -93,4 +99,4 @@ def free_memory_gb(dev: torch.device) -> float | None:
             free = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError, AttributeError, RuntimeError):
         return None
-    return round(free / 2**30, 2)
+    return round(max(free, 0) / 2**30, 2)

@@ -24,7 +24,7 @@ from ..settings import Settings
 from ..wire import decode, encode, raw_nbytes
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .metrics import StageMetrics
-from .streams import Receiver, Sender
+from .streams import Receiver, Sender, data_client
 
 __all__ = ["StageLinks"]
 
@@ -43,6 +43,7 @@ class StageLinks:
         device: torch.device,
     ) -> None:
         self.who, self.device, self.max_elements = who, device, settings.max_payload_elements
+        self.liveness = liveness
         # Each link has its own wire (``RunSpec.wire``): activations out and gradients back share it.
         self.codecs = {
             "fwd": None if stage == spec.num_stages - 1 else WIRE_CODECS[spec.wire(stage)],
@@ -58,7 +59,7 @@ class StageLinks:
 
         def into(s: int) -> redis.Redis:
             url = spec.data_url(s)
-            return r if url is None else self._clients.setdefault(url, redis.Redis.from_url(url))
+            return r if url is None else self._clients.setdefault(url, data_client(url))
 
         self.fwd_in = None if first else Receiver(into(stage), run.fwd(stage), t, liveness, who)
         self.bwd_in = None if last else Receiver(into(stage), run.bwd(stage), t, liveness, who)

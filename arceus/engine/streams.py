@@ -27,9 +27,19 @@ from .. import keys
 from ..errors import StageTimeout
 from ..liveness import RunLiveness
 
-__all__ = ["POLL_S", "Receiver", "Sender"]
+__all__ = ["POLL_S", "Receiver", "Sender", "data_client"]
 
 POLL_S = 1.0  # longest single blocking call; bounds how late an abort is noticed
+# A neighbour's data Redis is on another machine, which may vanish without closing anything: a
+# socket op that makes no progress this long fails (and the stage asks liveness why), instead of
+# waiting for the kernel to give the connection up. Long enough for a large payload on a slow link.
+DATA_SOCKET_TIMEOUT_S = 30.0
+
+
+def data_client(url: str) -> redis.Redis:
+    """A client of a stage's data Redis (``RunSpec.data_urls``)."""
+    return redis.Redis.from_url(url, socket_timeout=DATA_SOCKET_TIMEOUT_S, socket_connect_timeout=5,
+                                socket_keepalive=True)  # fmt: skip
 
 
 def _connection(r: redis.Redis) -> redis.connection.AbstractConnection:
@@ -68,9 +78,12 @@ class Sender:
         if self._credits == 0:
             self._wait_for_credit(what)
         self._credits -= 1
-        self.conn.send_command(*_xadd(self.key, fields))
-        self._unread += 1
-        if self._unread >= self.window:
+        # The expiry goes with each entry: a stream its receiver already dropped (a run that
+        # failed) and a late entry recreated does not outlive the run, in any Redis.
+        cmds = [_xadd(self.key, fields), ("EXPIRE", self.key, keys.RUN_TTL_S)]
+        self.conn.send_packed_command(self.conn.pack_commands(cmds))
+        self._unread += len(cmds)
+        if self._unread >= 2 * self.window:
             self.flush()
 
     def flush(self) -> None:

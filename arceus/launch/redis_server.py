@@ -130,6 +130,10 @@ class EmbeddedRedis:
             return self.url
         return self.url.replace(f"redis://:{self.password}@", f"redis://{WORKER_USER}:{self.worker_password}@")
 
+    def worker_url_for(self, host: str) -> str:
+        """``worker_url`` through ``host``."""
+        return self.worker_url.replace("@127.0.0.1:", f"@{host}:", 1)
+
     @property
     def url(self) -> str:
         return self.url_for("127.0.0.1")
@@ -162,7 +166,10 @@ class EmbeddedRedis:
                 [self.binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=parent_death_hook(),
             )  # fmt: skip
-            self.proc.stdin.write("".join(f"{k} {_quote(v)}\n" for k, v in config.items()).encode())
+            lines = [f"{k} {_quote(v)}\n" for k, v in config.items()]
+            if self.bind not in ("127.0.0.1", "0.0.0.0"):  # one address: loopback too, for our own checks
+                lines.append(f"bind {_quote(self.bind)} {_quote('127.0.0.1')}\n")
+            self.proc.stdin.write("".join(lines).encode())
             self.proc.stdin.close()
             if self._wait_ready():
                 atexit.register(self.stop)

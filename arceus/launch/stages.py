@@ -143,7 +143,11 @@ def train_local(
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)
     r = redis.Redis.from_url(redis_url)
-    spec = _with_links(spec, r, threads)
+    try:
+        spec = _with_links(spec, r, threads)
+    except BaseException:
+        r.close()
+        raise
     events, liveness = EventLog(r, spec.keys), RunLiveness(r, spec.keys)
     collector = CheckpointCollector(r, store, spec)
     for shard in spec.stages if start_step else ():

@@ -29,7 +29,7 @@ FALLBACK = "int8"  # an "auto" link nobody measured (a plan from before links we
 
 
 def _transfer_ms(mb_s: float, nbytes: int) -> float:
-    return nbytes / (mb_s * 1e6) * 1e3
+    return nbytes / (max(mb_s, 1e-3) * 1e6) * 1e3  # a rate reported as 0 is a very slow one
 
 
 def link_ms(sender: dict, receiver: dict, wire: str) -> float:
