@@ -42,6 +42,7 @@ def _job_with_workers(c: Cluster, n: int = 3, job: dict = SEED_JOB) -> tuple[str
 
 def _records(devices: list[dict]) -> list[dict]:
     """Devices as registered, without their leases (which age between two reads)."""
+    # (A data Redis's URL is never served: none of these workers runs one, so no record holds one.)
     return [{k: v for k, v in d.items() if k != "last_seen_s"} for d in devices]
 
 

@@ -135,9 +135,11 @@ class DeviceRegistry:
         return [d for d in self.all() if d["alive"]]
 
     def update(self, device_id: str, **fields: object) -> None:
+        """Set ``fields`` of the device's record; a field set to None is removed."""
         raw = self.r.get(keys.device(device_id))
         if raw is not None:
-            self.r.set(keys.device(device_id), json.dumps({**json.loads(raw), **fields}))
+            record = {k: v for k, v in {**json.loads(raw), **fields}.items() if v is not None}
+            self.r.set(keys.device(device_id), json.dumps(record))
 
     def delete(self, device_id: str) -> None:
         record = self.get(device_id)
