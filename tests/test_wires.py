@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import pytest
 import redis
 import torch
 
@@ -112,7 +111,7 @@ def test_a_run_sends_its_own_wire_or_each_links_measured_one():
     assert dataclasses.asdict(again.stages[0])["link"]["wire"] == "int8"
 
 
-@pytest.mark.parametrize("wire", ["auto", "fp32"])
-def test_auto_is_the_default_wire(wire):
+def test_auto_is_the_default_wire_and_each_wire_is_kept_by_name():
     assert TrainConfig().wire == "auto"
-    assert TrainConfig(wire=wire).to_dict()["wire"] == wire
+    for wire in ("auto", "fp32", "fp16", "int8"):
+        assert TrainConfig.parse({"wire": wire}).to_dict()["wire"] == wire
