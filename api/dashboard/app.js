@@ -275,7 +275,7 @@ function setJob(job) {
       h("td", { class: "num" }, (s.params || 0).toLocaleString()), h("td", { class: "num" }, num((s.flops || 0) / 1e6, 3)),
       h("td", { class: "num" }, mb(s.memory_bytes)),
       h("td", { class: "num", title: "from the stage's FLOPs and its device's measured GFLOP/s" },
-        s.expected_ms == null ? "–" : num(s.expected_ms, 1)),
+        s.expected_ms == null ? "–" : num(s.expected_ms, s.expected_ms < 1 ? 3 : 1)),
       h("td", { class: "link", title: s.link ? s.link.reason : "" },
         s.link ? `${s.link.wire} (${num(s.link.ms[s.link.wire], 2)} ms a batch)` : "–")))))
     : h("p", { class: "muted" }, "Not planned yet: Initialize partitions the layers over the devices."));
