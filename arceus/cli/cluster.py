@@ -119,8 +119,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{last['val_accuracy']:.4f}, {last['samples_per_s']:,.0f} samples/s in the last epoch")  # fmt: skip
     for s in sorted(stages, key=lambda s: s["stage"]):
         row = next((r for r in tf if r["stage"] == s["stage"]), {})
+        smaller = s["bytes_raw"] / max(s["bytes_wire"], 1)
+        wire = f"{smaller:.1f}x less than fp32" if smaller > 1.05 else "fp32"
         print(f"  stage {s['stage']}: busy {s['utilization']:.0%}, compute {s['compute_s']:.2f}s, "
-              f"wait {s['wait_s']:.2f}s, sent {s['bytes_wire'] / 1e6:.1f} MB "
-              f"({s['bytes_raw'] / max(s['bytes_wire'], 1):.1f}x less than fp32), "
+              f"wait {s['wait_s']:.2f}s, sent {s['bytes_wire'] / 1e6:.1f} MB ({wire}), "
               f"{row.get('teraflops', 0) * 1e3:.1f} GFLOP/s")  # fmt: skip
     return 0
