@@ -95,7 +95,8 @@ def _serve(
     cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-n", f"{queue}@%h",
            "--loglevel", "INFO"]  # fmt: skip
     # The Redis URL (with its password) and our pid reach the worker through its environment only.
-    data_url = data.worker_url_for(_reachable_host(data.bind, redis_url)) if isinstance(data, EmbeddedRedis) else data
+    data_url = (data.url_for(_reachable_host(data.bind, redis_url), as_worker=True)
+                if isinstance(data, EmbeddedRedis) else data)  # fmt: skip
     where = f"its own Redis at {urlsplit(data_url).hostname}:{urlsplit(data_url).port}" if data_url else "the cluster's"
     print(f"streams into device {device_id}: {where}", flush=True)
     env = child_environment(

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["describe_machine", "free_memory_gb", "matmul_gflops", "pick_device"]
+__all__ = ["describe_machine", "free_memory_gb", "matmul_gflops", "pick_device", "synchronize"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def describe_machine(device: str | None = None, measure: bool = True) -> dict:
     return info
 
 
-def _sync(dev: torch.device) -> None:
+def synchronize(dev: torch.device) -> None:
+    """Wait for the work queued on ``dev`` (CUDA, MPS); nothing to wait for on the CPU."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elif dev.type == "mps":
@@ -74,11 +75,11 @@ def matmul_gflops(dev: torch.device, seconds: float = SPEED_S) -> float:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g).to(dev), torch.randn(n, n, generator=g).to(dev)
     torch.mm(a, b)  # warm up: kernels, thread pool
-    _sync(dev)
+    synchronize(dev)
     done, t0 = 0, time.perf_counter()
     while True:
         torch.mm(a, b)
-        _sync(dev)
+        synchronize(dev)
         done += 1
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:

@@ -22,6 +22,7 @@ from .. import keys
 from ..config import WIRE_CODECS, JobConfig
 from ..plan.partition import StageAssignment
 from ..wire import decode, encode
+from .device import synchronize
 from .streams import data_client
 
 __all__ = ["PROBE_MAX_BYTES", "measure"]
@@ -92,13 +93,6 @@ def _best_s(fn: Callable[[], object]) -> float:
     return min(times)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def _codecs(shape: tuple[int, ...], device: torch.device) -> dict:
     # Activations are roughly normal; the int8 codec's cost does not depend on the values anyway.
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -115,7 +109,7 @@ def _codecs(shape: tuple[int, ...], device: torch.device) -> dict:
 
 def _decode(data: bytes, device: torch.device) -> None:
     decode(data).to(device)
-    _sync(device)
+    synchronize(device)
 
 
 def _leg(r: redis.Redis, job_id: str, stage: int, nbytes: int) -> dict:

@@ -126,23 +126,21 @@ class EmbeddedRedis:
     def worker_url(self) -> str:
         """The URL workers use: as the ``WORKER_USER`` where there is one (it may do what workers do:
         streams, lists, keys, Celery's pub/sub; not CONFIG, FLUSHALL, ACL, SHUTDOWN, KEYS, ...)."""
-        if self.worker_password is None:
-            return self.url
-        return self.url.replace(f"redis://:{self.password}@", f"redis://{WORKER_USER}:{self.worker_password}@")
-
-    def worker_url_for(self, host: str) -> str:
-        """``worker_url`` through ``host``."""
-        return self.worker_url.replace("@127.0.0.1:", f"@{host}:", 1)
+        return self.url_for("127.0.0.1", as_worker=True)
 
     @property
     def url(self) -> str:
         return self.url_for("127.0.0.1")
 
-    def url_for(self, host: str) -> str:
-        """The URL other processes use to reach this server through ``host``."""
+    def url_for(self, host: str, as_worker: bool = False) -> str:
+        """The URL other processes use to reach this server through ``host``; with ``as_worker``,
+        as the ``WORKER_USER`` where there is one."""
         if self.port is None:
             raise RedisServerError("embedded Redis is not running")
-        auth = f":{self.password}@" if self.password else ""
+        if as_worker and self.worker_password is not None:
+            auth = f"{WORKER_USER}:{self.worker_password}@"
+        else:
+            auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{host}:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:

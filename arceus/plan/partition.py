@@ -182,8 +182,10 @@ def plan(
     aware = None
     for order in _orders(speeds, caps, len(costs)) if speeds else []:
         found = balanced_ranges(costs, len(ids), fitting(order), [speeds[i] for i in order])
-        if found is not None and (aware is None or _better(score(order, found), aware[0])):
-            aware = (score(order, found), order, found)
+        if found is not None:
+            scored = score(order, found)
+            if aware is None or _better(scored, aware[0]):
+                aware = (scored, order, found)
     # Speeds move work only where that is worth it: two like machines never measure the same,
     # and a plan that follows their noise would reorder them between initializations for nothing.
     if aware is not None and (best is None or aware[0][0] < SPEED_MARGIN * best[0][0]):
@@ -192,7 +194,7 @@ def plan(
         order = best[1]
         return assign(layers, best[2], [ids[i] for i in order], rows, [speeds[i] for i in order] if speeds else ())
     # Say which device falls short in the best split without the memory check.
-    fits = fitting(list(range(len(ids))))
+    fits = fitting(given)
     for stage, (k, u) in enumerate(balanced_ranges(costs, len(ids)) or []):
         if not fits(stage, k, u):
             a, b = groups[k][0], groups[u - 1][1]
