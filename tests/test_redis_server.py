@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import redis
 
 from arceus.launch.redis_server import EmbeddedRedis
@@ -33,6 +34,46 @@ def test_embedded_redis_serves_streams_and_stops():
     server.stop()
     assert not _alive(pid)
     assert not os.path.exists(workdir)
+
+
+def _page_faults_for_entries(server: EmbeddedRedis, entries: int = 200) -> int:
+    """Page faults the server takes for ``entries`` stream entries of 256 KiB, each added then
+    deleted, as a link's sender and receiver do."""
+    r = redis.Redis.from_url(server.url)
+    payload = b"\x01" * (256 << 10)
+    for _ in range(20):  # warm: the heap grows to hold one entry
+        r.xdel("s", r.xadd("s", {"x": payload}))
+    stat = f"/proc/{server.proc.pid}/stat"
+    with open(stat) as f:
+        before = int(f.read().rsplit(")", 1)[1].split()[7])  # minflt, the 10th field
+    for _ in range(entries):
+        r.xdel("s", r.xadd("s", {"x": payload}))
+    with open(stat) as f:
+        after = int(f.read().rsplit(")", 1)[1].split()[7])
+    r.close()
+    return after - before
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts from /proc")
+
+
+@linux_only
+def test_a_large_stream_entry_reuses_the_servers_memory_instead_of_faulting_it_in_again():
+    # With glibc's defaults the server gave each freed entry back to the kernel, and faulted the next in.
+    with EmbeddedRedis() as server:
+        faults = _page_faults_for_entries(server)
+    assert faults < 200, f"{faults} page faults for 200 entries of 256 KiB"
+
+
+@linux_only
+def test_the_users_own_malloc_settings_win(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096")  # every entry mmapped
+    with EmbeddedRedis() as server:
+        with redis.Redis.from_url(server.url) as r:
+            if r.info("memory")["mem_allocator"] != "libc":
+                pytest.skip("a server with its own allocator (jemalloc) does not read glibc's settings")
+        faults = _page_faults_for_entries(server)
+    assert faults >= 200 * 32  # 256 KiB is 64 pages of 4 KiB
 
 
 def test_killed_owner_leaves_no_redis_behind(tmp_path):

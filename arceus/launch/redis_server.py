@@ -79,6 +79,18 @@ def _runs(binary: Path) -> bool:
         return False
 
 
+# glibc's malloc (the wheels' servers use it) hands a freed block of 128 KiB or more back to the
+# kernel, so the next stream entry that size faults its pages in again: ~20 page faults an XADD
+# of the seed job's activations, measured with `perf stat` (docs/benchmarks.md). Kept in the heap
+# up to 64 MiB instead, the entry after it reuses the pages. Other C libraries ignore this.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
+
+
+def _server_env() -> dict[str, str]:
+    mine = os.environ.get("GLIBC_TUNABLES")  # the user's own settings come last, and win
+    return {**os.environ, "GLIBC_TUNABLES": f"{MALLOC_TUNABLES}:{mine}" if mine else MALLOC_TUNABLES}
+
+
 class EmbeddedRedis:
     def __init__(
         self,
@@ -162,7 +174,7 @@ class EmbeddedRedis:
                 config["requirepass"] = self.password
             self.proc = subprocess.Popen(
                 [self.binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                preexec_fn=parent_death_hook(),
+                preexec_fn=parent_death_hook(), env=_server_env(),
             )  # fmt: skip
             lines = [f"{k} {_quote(v)}\n" for k, v in config.items()]
             if self.bind not in ("127.0.0.1", "0.0.0.0"):  # one address: loopback too, for our own checks
