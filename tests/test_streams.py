@@ -128,15 +128,15 @@ def test_abort_wakes_a_waiting_receiver(r):
 
 def test_a_link_whose_connection_dropped_fails_with_a_connection_error_and_still_closes(r):
     tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=_liveness(r), who="stage 0")
-    tx.conn.send_command("CLIENT", "ID")
-    r.client_kill_filter(_id=tx.conn.read_response())
+    tx.conn.send(("CLIENT", "ID"))
+    r.client_kill_filter(_id=tx.conn.read())
     with pytest.raises(redis.ConnectionError):
         tx.send({"a": b"1"}, "activations")
         tx.flush()
     tx.close()  # nothing left to read on a dead connection: no error of its own
     rx = Receiver(r, "t:fwd:2", timeout_s=5, liveness=_liveness(r), who="stage 1")
-    rx.conn.send_command("CLIENT", "ID")
-    r.client_kill_filter(_id=rx.conn.read_response())
+    rx.conn.send(("CLIENT", "ID"))
+    r.client_kill_filter(_id=rx.conn.read())
     with pytest.raises(redis.ConnectionError):
         rx.recv("activations")
     rx.close()

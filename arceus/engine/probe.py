@@ -23,6 +23,7 @@ from ..config import WIRE_CODECS, JobConfig
 from ..plan.partition import StageAssignment
 from ..wire import decode, encode
 from .device import synchronize
+from .resp import Connection
 from .streams import data_client
 
 __all__ = ["PROBE_MAX_BYTES", "measure"]
@@ -114,13 +115,20 @@ def _decode(data: bytes, device: torch.device) -> None:
 
 def _leg(r: redis.Redis, job_id: str, stage: int, nbytes: int) -> dict:
     """Round trip (PING) and rate each way (SET, GET of ``nbytes``), less the round trip, of this
-    machine's connection to Redis."""
+    machine's connection to Redis, through the links' own connection (``engine.resp``)."""
     key, payload = keys.probe(job_id, stage), bytes(nbytes)
+    conn = Connection(r)
+
+    def call(*command: object) -> object:
+        conn.send(command)
+        return conn.read()
+
     try:
-        rtt = _best_s(r.ping)
-        up = _best_s(lambda: r.set(key, payload, ex=60))
-        down = _best_s(lambda: r.get(key))
+        rtt = _best_s(lambda: call("PING"))
+        up = _best_s(lambda: call("SET", key, payload, "EX", 60))
+        down = _best_s(lambda: call("GET", key))
     finally:
+        conn.disconnect()
         r.delete(key)
     return {
         "rtt_ms": round(rtt * 1e3, 4),

@@ -26,6 +26,7 @@ import redis
 from .. import keys
 from ..errors import StageTimeout
 from ..liveness import RunLiveness
+from .resp import Connection
 
 __all__ = ["POLL_S", "Receiver", "Sender", "data_client"]
 
@@ -42,19 +43,8 @@ def data_client(url: str) -> redis.Redis:
                                 socket_keepalive=True)  # fmt: skip
 
 
-def _connection(r: redis.Redis) -> redis.connection.AbstractConnection:
-    """A connection of the link's own, outside the client's pool: the link keeps commands in
-    flight on it (their replies are read later, in order), which a pooled connection must not."""
-    pool = r.connection_pool
-    # No health-check PING before a command: it would read a reply meant for an earlier one.
-    return pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
-
-
-def _xadd(key: str, fields: dict[str, bytes]) -> list:
-    cmd: list = ["XADD", key, "*"]
-    for name, value in fields.items():
-        cmd += [name, value]
-    return cmd
+def _xadd(key: str, fields: dict[str, bytes]) -> tuple:
+    return ("XADD", key, "*", *(v for item in fields.items() for v in item))
 
 
 class Sender:
@@ -70,7 +60,7 @@ class Sender:
             raise ValueError(f"stream window must be >= 1, got {window}")
         self.key, self.credit_key = key, keys.credit(key)
         self.window, self.timeout_s, self.liveness, self.who = window, timeout_s, liveness, who
-        self.conn = _connection(r)
+        self.conn = Connection(r)
         self._credits = window
         self._unread = 0  # XADD replies not read yet
 
@@ -80,9 +70,8 @@ class Sender:
         self._credits -= 1
         # The expiry goes with each entry: a stream its receiver already dropped (a run that
         # failed) and a late entry recreated does not outlive the run, in any Redis.
-        cmds = [_xadd(self.key, fields), ("EXPIRE", self.key, keys.RUN_TTL_S)]
-        self.conn.send_packed_command(self.conn.pack_commands(cmds))
-        self._unread += len(cmds)
+        self.conn.send(_xadd(self.key, fields), ("EXPIRE", self.key, keys.RUN_TTL_S))
+        self._unread += 2
         if self._unread >= 2 * self.window:
             self.flush()
 
@@ -91,7 +80,7 @@ class Sender:
         while self._unread:
             self._unread -= 1
             try:
-                self.conn.read_response()
+                self.conn.read()
             except (redis.ConnectionError, redis.TimeoutError):
                 self._unread = 0  # the connection is gone, and the replies with it
                 raise
@@ -101,10 +90,10 @@ class Sender:
         deadline = time.monotonic() + self.timeout_s
         while True:
             left = deadline - time.monotonic()
-            self.conn.send_command("BLPOP", self.credit_key, f"{max(0.01, min(POLL_S, left)):.3f}")
-            if self.conn.read_response():
-                self.conn.send_command("LPOP", self.credit_key, self.window)
-                self._credits += 1 + len(self.conn.read_response() or [])
+            self.conn.send(("BLPOP", self.credit_key, f"{max(0.01, min(POLL_S, left)):.3f}"))
+            if self.conn.read():
+                self.conn.send(("LPOP", self.credit_key, self.window))
+                self._credits += 1 + len(self.conn.read() or [])
                 return
             self.liveness.check()
             if left <= 0:
@@ -129,7 +118,7 @@ class Receiver:
     def __init__(self, r: redis.Redis, key: str, timeout_s: float, liveness: RunLiveness, who: str) -> None:
         self.r, self.key, self.credit_key = r, key, keys.credit(key)
         self.timeout_s, self.liveness, self.who = timeout_s, liveness, who
-        self.conn = _connection(r)
+        self.conn = Connection(r)
         self._last = b"0-0"
         self._unacked: bytes | None = None
         self._replies = 0  # replies of the request in flight; its last is the XREAD's
@@ -142,9 +131,7 @@ class Receiver:
                 self._request(deadline - time.monotonic())
             reply = self._read()
             if reply:
-                # One stream asked for: RESP3 answers {key: entries}, RESP2 [[key, entries]].
-                entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-                entry_id, flat = entries[0]
+                ((_, ((entry_id, flat),)),) = reply  # one stream, one entry: [[key, [[id, fields]]]]
                 self._last = self._unacked = entry_id
                 self._request(POLL_S)
                 return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
@@ -161,7 +148,7 @@ class Receiver:
             self._unacked = None
         block_ms = max(1, int(min(POLL_S, wait_s) * 1000))
         cmds.append(("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", self.key, self._last))
-        self.conn.send_packed_command(self.conn.pack_commands(cmds))
+        self.conn.send(*cmds)
         self._replies = len(cmds)
 
     def _read(self) -> list | None:
@@ -169,7 +156,7 @@ class Receiver:
         while self._replies:
             self._replies -= 1
             try:
-                reply = self.conn.read_response()
+                reply = self.conn.read()
             except (redis.ConnectionError, redis.TimeoutError):
                 self._replies = 0
                 raise

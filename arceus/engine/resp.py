@@ -1,0 +1,212 @@
+"""The stage links' own Redis connection: RESP2 framing on a socket, for the hot path only.
+
+A link's traffic is a handful of commands (XADD, EXPIRE, XREAD, XDEL, RPUSH, BLPOP, LPOP) with
+replies of a known shape. redis-py's general reader and writer cost more per message than the
+hop itself needs, so this connection frames them itself: commands go out with one ``sendmsg``
+(a payload is not joined into a copy), and a large bulk string is received straight into a
+buffer of its own, which the decoder then owns. ``python -m bench.redis_hop --links`` measures a
+hop three ways (a direct socket, redis-py, these links): see docs/benchmarks.md.
+
+redis-py still opens the connection (TCP, Unix socket or TLS, AUTH, SELECT: whatever the
+client's URL says), so this module only speaks the protocol. Errors keep redis-py's types:
+an error reply raises ``redis.ResponseError``, a lost connection ``redis.ConnectionError``,
+a socket timeout ``redis.TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import redis
+
+__all__ = ["Connection"]
+
+Arg = bytes | bytearray | memoryview | str | int | float
+# A bulk string this long is received into a buffer of its own (no copy out of the read
+# buffer); shorter ones are sliced out of it.
+_OWN_BUFFER = 16 * 1024
+_READ_SIZE = 64 * 1024
+# A reply's header line is short: "$<length>", "*<count>", ":<int>" or an error message.
+# One that never ends is not Redis: fail instead of buffering it without bound.
+_MAX_LINE = 64 * 1024
+
+
+class Connection:
+    """One RESP2 connection to the Redis behind a client, opened on first use. Commands are
+    written without waiting (``send``); replies are read in order, one ``read`` each."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        pool = r.connection_pool
+        # RESP2, which this module parses, whatever redis-py would pick (8.x picks RESP3).
+        kwargs = {**pool.connection_kwargs, "health_check_interval": 0, "protocol": 2}
+        if "maint_notifications_config" in kwargs:  # redis-py >= 6: push notifications, RESP3 only
+            kwargs["maint_notifications_config"] = None
+        self._opener = pool.connection_class(**kwargs)
+        self._sock: socket.socket | None = None
+        self._buf = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0  # unread bytes are _buf[_start:_end]
+
+    @property
+    def is_connected(self) -> bool:
+        return self._sock is not None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._opener.connect()  # raises redis.ConnectionError / TimeoutError
+            sock = getattr(self._opener, "_sock", None)
+            if not isinstance(sock, socket.socket):
+                self._opener.disconnect()
+                raise redis.ConnectionError(
+                    f"redis-py {redis.__version__} opened no plain socket to take over (Connection._sock)"
+                )
+            self._sock, self._start, self._end = sock, 0, 0
+        return self._sock
+
+    def disconnect(self) -> None:
+        self._sock = None
+        self._start = self._end = 0
+        self._opener.disconnect()
+
+    # ----------------------------------------------------------------- writing
+    def send(self, *commands: tuple[Arg, ...]) -> None:
+        """Write ``commands`` (each a tuple of arguments) in one go; their replies come later."""
+        parts = _pack(commands)
+        sock = self._socket()
+        try:
+            _send_all(sock, parts)
+        except TimeoutError as e:  # socket.timeout is TimeoutError
+            self.disconnect()
+            raise redis.TimeoutError(f"Timeout writing to socket: {e}") from e
+        except OSError as e:
+            self.disconnect()
+            raise redis.ConnectionError(f"Error writing to socket: {e}") from e
+
+    # ----------------------------------------------------------------- reading
+    def read(self) -> object:
+        """The next reply: bytes (bytearray for a large bulk string), int, None, or a list of
+        these. An error reply raises ``redis.ResponseError`` after it has been consumed."""
+        if self._sock is None:
+            raise redis.ConnectionError("read on a link connection that is not open")
+        try:
+            return self._reply()
+        except TimeoutError as e:
+            self.disconnect()
+            raise redis.TimeoutError(f"Timeout reading from socket: {e}") from e
+        except OSError as e:
+            self.disconnect()
+            raise redis.ConnectionError(f"Error reading from socket: {e}") from e
+
+    def _reply(self) -> object:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._bulk(n)
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        if kind == b":":
+            return int(rest)
+        if kind == b"+":
+            return bytes(rest)
+        if kind == b"-":
+            raise redis.ResponseError(bytes(rest).decode(errors="replace"))
+        raise redis.ConnectionError(f"not a RESP2 reply from Redis: {bytes(line[:40])!r}")
+
+    def _line(self) -> bytes:
+        while True:
+            i = self._buf.find(b"\r\n", self._start, self._end)
+            if i >= 0:
+                line = bytes(self._buf[self._start : i])
+                self._start = i + 2
+                return line
+            if self._end - self._start > _MAX_LINE:
+                raise redis.ConnectionError(f"a reply line from Redis is over {_MAX_LINE} bytes")
+            self._fill()
+
+    def _bulk(self, n: int) -> bytes | bytearray:
+        have = self._end - self._start
+        if n < _OWN_BUFFER:
+            while have < n + 2:
+                self._fill()
+                have = self._end - self._start
+            end = self._start + n
+            if self._buf[end : end + 2] != b"\r\n":
+                raise redis.ConnectionError(f"a {n}-byte bulk string from Redis does not end with CRLF")
+            out = bytes(self._buf[self._start : end])
+            self._start = end + 2
+            return out
+        # Received straight into its own buffer, which the caller then owns.
+        out = bytearray(n + 2)
+        view = memoryview(out)
+        got = min(have, n + 2)
+        view[:got] = self._view[self._start : self._start + got]
+        self._start += got
+        sock = self._sock
+        while got < n + 2:
+            k = sock.recv_into(view[got:])
+            if not k:
+                raise OSError("connection closed by Redis")
+            got += k
+        del view
+        if out[n:] != b"\r\n":
+            raise redis.ConnectionError(f"a {n}-byte bulk string from Redis does not end with CRLF")
+        del out[n:]
+        return out
+
+    def _fill(self) -> None:
+        """Read more bytes into the buffer, moving what is unread to its front first."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf):
+            unread = self._end - self._start
+            if self._start:
+                self._view[:unread] = self._view[self._start : self._end]
+                self._start, self._end = 0, unread
+            else:  # a line longer than the buffer: grow it (bounded by _MAX_LINE)
+                self._view.release()
+                self._buf.extend(bytes(len(self._buf)))
+                self._view = memoryview(self._buf)
+        k = self._sock.recv_into(self._view[self._end :])
+        if not k:
+            raise OSError("connection closed by Redis")
+        self._end += k
+
+
+def _pack(commands: tuple[tuple[Arg, ...], ...]) -> list:
+    """RESP2 frames of ``commands``: small pieces joined, a payload kept as its own part (not copied)."""
+    parts: list[bytes | bytearray | memoryview] = []
+    small = bytearray()
+    for cmd in commands:
+        small += b"*%d\r\n" % len(cmd)
+        for arg in cmd:
+            if isinstance(arg, str):
+                arg = arg.encode()
+            elif isinstance(arg, (int, float)):
+                arg = repr(arg).encode()
+            small += b"$%d\r\n" % len(arg)
+            if len(arg) >= _OWN_BUFFER:
+                parts += [small, arg]
+                small = bytearray(b"\r\n")
+            else:
+                small += arg
+                small += b"\r\n"
+    parts.append(small)
+    return parts
+
+
+def _send_all(sock: socket.socket, parts: list) -> None:
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg over TLS
+        sock.sendall(b"".join(parts))
+        return
+    views = [memoryview(p) for p in parts]
+    i = 0
+    while i < len(views):
+        sent = sock.sendmsg(views[i:])
+        while i < len(views) and sent >= len(views[i]):
+            sent -= len(views[i])
+            i += 1
+        if sent:
+            views[i] = views[i][sent:]
