@@ -5,7 +5,8 @@
 
 Checks ``REV`` out into a temporary git worktree and trains the seed job (784-128-64-10, batch
 256, lr 0.1, local stage processes as ``arceus train`` starts them) alternately with that
-tree's code and with this one's, ``--pairs`` times, on the same synthetic MNIST-format set.
+tree's code and with this one's as it is on disk (uncommitted edits included), ``--pairs``
+times, on the same synthetic MNIST-format set; which of the two runs first alternates.
 Each run is a fresh process with its tree first on ``sys.path``; a run's figure is its median
 samples/s over epochs 2..N. Prints every pair, the medians and their ratio: a change that moves
 a step by a few percent shows here where separate runs on a shared machine would not.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 
-# Runs inside one tree: its arceus, this file's bench.common (unchanged across the trees compared).
+# Runs inside one tree: that tree's arceus, in this process and in the stage processes it spawns.
 _RUN = """
 import json, sys
 tree, data, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -49,9 +50,10 @@ def run(tree: Path, data: Path, args: argparse.Namespace) -> float:
         [sys.executable, "-c", _RUN, str(tree), str(data), json.dumps(cfg)],
         capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(tree)},
     )  # fmt: skip
-    if out.returncode != 0:
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
         raise SystemExit(f"the run in {tree} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"]
+    return json.loads(lines[-1])["samples_per_s"]
 
 
 def main() -> None:
@@ -74,12 +76,14 @@ def main() -> None:
             write_synthetic_mnist(data, n_train=args.synthetic, n_val=2000)
             rates: dict[str, list[float]] = {"base": [], "this": []}
             for i in range(args.pairs):
-                for name, tree in (("base", base), ("this", HERE)):
+                trees = (("base", base), ("this", HERE))
+                for name, tree in trees if i % 2 == 0 else trees[::-1]:
                     rates[name].append(run(tree, data, args))
                 b, t = rates["base"][-1], rates["this"][-1]
                 print(f"pair {i + 1}: base {b:,.0f}  this {t:,.0f} samples/s", flush=True)
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], check=False)
+            subprocess.run(["git", "-C", str(HERE), "worktree", "prune"], check=False)
     b, t = statistics.median(rates["base"]), statistics.median(rates["this"])
     faster = sum(x > y for x, y in zip(rates["this"], rates["base"], strict=True))
     print(f"\nseed job, {args.stages} stages, M={args.micro_batches}, wire {args.wire}, {args.pairs} interleaved pairs")

@@ -45,7 +45,8 @@ from .common import median_rate, synthetic_mnist
 # (bucket, substrings of a frame "function (file:line)"): the first rule that matches any frame,
 # innermost frame first, names the sample's bucket.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("send", ("_send_all", "_pack", "sendall")),
+    # "send (" also matches the links' _send, Sender.send and Connection.send frames.
+    ("send", ("_send_all", "_pack", "sendall", "send_forward (", "send_gradient (", "send (")),
     ("wait", ("engine/resp.py", "read_response", "recv_into", "_wait_for_credit")),
     ("codec", ("wire/codecs.py", "wire/payload.py")),
     ("headers", ("messages.py",)),

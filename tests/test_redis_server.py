@@ -54,6 +54,12 @@ def _page_faults_for_entries(server: EmbeddedRedis, entries: int = 200) -> int:
     return after - before
 
 
+def _needs_glibc_malloc(server: EmbeddedRedis) -> None:
+    with redis.Redis.from_url(server.url) as r:
+        if r.info("memory")["mem_allocator"] != "libc":
+            pytest.skip("a server with its own allocator (jemalloc) neither needs nor reads glibc's settings")
+
+
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts from /proc")
 
 
@@ -61,6 +67,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pa
 def test_a_large_stream_entry_reuses_the_servers_memory_instead_of_faulting_it_in_again():
     # With glibc's defaults the server gave each freed entry back to the kernel, and faulted the next in.
     with EmbeddedRedis() as server:
+        _needs_glibc_malloc(server)
         faults = _page_faults_for_entries(server)
     assert faults < 200, f"{faults} page faults for 200 entries of 256 KiB"
 
@@ -69,9 +76,7 @@ def test_a_large_stream_entry_reuses_the_servers_memory_instead_of_faulting_it_i
 def test_the_users_own_malloc_settings_win(monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096")  # every entry mmapped
     with EmbeddedRedis() as server:
-        with redis.Redis.from_url(server.url) as r:
-            if r.info("memory")["mem_allocator"] != "libc":
-                pytest.skip("a server with its own allocator (jemalloc) does not read glibc's settings")
+        _needs_glibc_malloc(server)
         faults = _page_faults_for_entries(server)
     assert faults >= 200 * 32  # 256 KiB is 64 pages of 4 KiB
 

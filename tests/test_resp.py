@@ -95,3 +95,45 @@ def test_a_peer_that_is_not_redis_fails_with_an_error_naming_it(reply, error):
     with pytest.raises(redis.ConnectionError, match=error):
         conn.send(("PING",))
         conn.read()
+
+
+def test_an_error_inside_an_array_is_raised_once_the_array_is_read_whole(r):
+    conn = Connection(r)
+    conn.send(("EVAL", "return {1, redis.error_reply('boom'), 3}", 0), ("PING",))
+    with pytest.raises(redis.ResponseError, match="boom"):
+        conn.read()
+    assert conn.read() == b"PONG"  # still in step: the array's last element did not become this reply
+    conn.disconnect()
+
+
+def test_error_replies_keep_redis_pys_types(r):
+    # A server still loading its data is a connection error to redis-py: the links then ask liveness.
+    conn = Connection(r)
+    conn.send(("EVAL", "return redis.error_reply('LOADING Redis is loading the dataset in memory')", 0), ("PING",))
+    with pytest.raises(redis.BusyLoadingError):
+        conn.read()
+    assert conn.read() == b"PONG"
+    conn.disconnect()
+
+
+def test_a_connection_that_failed_stays_closed(r):
+    conn = Connection(r)
+    conn.send(("CLIENT", "ID"))
+    r.client_kill_filter(_id=conn.read())
+    with pytest.raises(redis.ConnectionError):
+        conn.send(("PING",))
+        conn.read()
+    # Opening a new one would put the replies the link is owed out of step with its commands.
+    with pytest.raises(redis.ConnectionError, match="was closed"):
+        conn.send(("PING",))
+
+
+def test_a_large_entry_goes_out_whole_through_a_socket_with_a_timeout(redis_url):
+    # With a timeout the socket does not block: the kernel takes a large payload in pieces.
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    conn = Connection(client)
+    payload = bytes(range(256)) * (16 << 10)  # 4 MiB
+    conn.send(("SET", "big", payload), ("STRLEN", "big"), ("GET", "big"))
+    assert [conn.read() for _ in range(3)] == [b"OK", len(payload), payload]
+    conn.disconnect()
+    client.close()

@@ -3,14 +3,16 @@
 A link's traffic is a handful of commands (XADD, EXPIRE, XREAD, XDEL, RPUSH, BLPOP, LPOP) with
 replies of a known shape. redis-py's general reader and writer cost more per message than the
 hop itself needs, so this connection frames them itself: commands go out with one ``sendmsg``
-(a payload is not joined into a copy), and a large bulk string is received straight into a
-buffer of its own, which the decoder then owns. ``python -m bench.redis_hop --links`` measures a
-hop three ways (a direct socket, redis-py, these links): see docs/benchmarks.md.
+(a payload is not joined into a copy, except over TLS, which has no ``sendmsg``), and a large bulk
+string is received straight into a buffer of its own, not copied out of a read buffer.
+``python -m bench.redis_hop --links`` measures a hop three ways (a direct socket, redis-py, these
+links): see docs/benchmarks.md.
 
 redis-py still opens the connection (TCP, Unix socket or TLS, AUTH, SELECT: whatever the
 client's URL says), so this module only speaks the protocol. Errors keep redis-py's types:
-an error reply raises ``redis.ResponseError``, a lost connection ``redis.ConnectionError``,
-a socket timeout ``redis.TimeoutError``.
+an error reply raises ``redis.ResponseError`` (or redis-py's subclass for it: LOADING is a
+``BusyLoadingError``, ...), a lost connection ``redis.ConnectionError``, a socket timeout
+``redis.TimeoutError``. A connection is opened once: after a failure it stays closed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Connection:
             kwargs["maint_notifications_config"] = None
         self._opener = pool.connection_class(**kwargs)
         self._sock: socket.socket | None = None
+        # Opened once: a link that lost its connection has lost the replies it was owed too, so it
+        # fails instead of going on, out of step, on a new one.
+        self._closed = False
         self._buf = bytearray(_READ_SIZE)
         self._view = memoryview(self._buf)
         self._start = self._end = 0  # unread bytes are _buf[_start:_end]
@@ -54,6 +59,9 @@ class Connection:
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
+            if self._closed:
+                raise redis.ConnectionError("the link's connection to Redis was closed")
+            self._closed = True
             self._opener.connect()  # raises redis.ConnectionError / TimeoutError
             sock = getattr(self._opener, "_sock", None)
             if not isinstance(sock, socket.socket):
@@ -65,7 +73,7 @@ class Connection:
         return self._sock
 
     def disconnect(self) -> None:
-        self._sock = None
+        self._sock, self._closed = None, True
         self._start = self._end = 0
         self._opener.disconnect()
 
@@ -76,29 +84,40 @@ class Connection:
         sock = self._socket()
         try:
             _send_all(sock, parts)
-        except TimeoutError as e:  # socket.timeout is TimeoutError
+        except BaseException as e:  # part of a command may be out: this connection is done
             self.disconnect()
-            raise redis.TimeoutError(f"Timeout writing to socket: {e}") from e
-        except OSError as e:
-            self.disconnect()
-            raise redis.ConnectionError(f"Error writing to socket: {e}") from e
+            if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError
+                raise redis.TimeoutError(f"Timeout writing to socket: {e}") from e
+            if isinstance(e, OSError):
+                raise redis.ConnectionError(f"Error writing to socket: {e}") from e
+            raise
 
     # ----------------------------------------------------------------- reading
     def read(self) -> object:
         """The next reply: bytes (bytearray for a large bulk string), int, None, or a list of
-        these. An error reply raises ``redis.ResponseError`` after it has been consumed."""
+        these. An error reply raises (``redis.ResponseError``, or the subclass redis-py would) once
+        the whole reply is consumed; anything else that goes wrong closes the connection."""
         if self._sock is None:
             raise redis.ConnectionError("read on a link connection that is not open")
         try:
-            return self._reply()
-        except TimeoutError as e:
+            reply = self._reply()
+        except BaseException as e:  # a reply half read: the next one would not line up
             self.disconnect()
-            raise redis.TimeoutError(f"Timeout reading from socket: {e}") from e
-        except OSError as e:
-            self.disconnect()
-            raise redis.ConnectionError(f"Error reading from socket: {e}") from e
+            if isinstance(e, TimeoutError):
+                raise redis.TimeoutError(f"Timeout reading from socket: {e}") from e
+            if isinstance(e, (OSError, ValueError)):  # ValueError: a length or an integer that is not one
+                raise redis.ConnectionError(f"Error reading from socket: {e}") from e
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, list):
+            error = next((x for x in _flat(reply) if isinstance(x, Exception)), None)
+            if error is not None:
+                raise error
+        return reply
 
     def _reply(self) -> object:
+        """One reply; an error reply is returned as its exception, so an array is read whole."""
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"$":
@@ -112,7 +131,7 @@ class Connection:
         if kind == b"+":
             return bytes(rest)
         if kind == b"-":
-            raise redis.ResponseError(bytes(rest).decode(errors="replace"))
+            return _error(bytes(rest).decode(errors="replace"))
         raise redis.ConnectionError(f"not a RESP2 reply from Redis: {bytes(line[:40])!r}")
 
     def _line(self) -> bytes:
@@ -175,6 +194,32 @@ class Connection:
         self._end += k
 
 
+# Error replies redis-py raises as more than a ResponseError; the links treat the connection
+# errors among them (a server still loading its data, one with no room for a client) as a lost link.
+_ERRORS: tuple[tuple[str, type[redis.RedisError]], ...] = (
+    ("LOADING", redis.BusyLoadingError),
+    ("NOAUTH", redis.AuthenticationError),
+    ("WRONGPASS", redis.AuthenticationError),
+    ("OOM", redis.OutOfMemoryError),
+    ("READONLY", redis.ReadOnlyError),
+    ("ERR max number of clients reached", redis.ConnectionError),
+)
+
+
+def _error(message: str) -> redis.RedisError:
+    for prefix, kind in _ERRORS:
+        if message.startswith(prefix):
+            return kind(message)
+    return redis.ResponseError(message.removeprefix("ERR "))
+
+
+def _flat(reply: list) -> list:
+    out = []
+    for x in reply:
+        out += _flat(x) if isinstance(x, list) else [x]
+    return out
+
+
 def _pack(commands: tuple[tuple[Arg, ...], ...]) -> list:
     """RESP2 frames of ``commands``: small pieces joined, a payload kept as its own part (not copied)."""
     parts: list[bytes | bytearray | memoryview] = []
@@ -184,8 +229,12 @@ def _pack(commands: tuple[tuple[Arg, ...], ...]) -> list:
         for arg in cmd:
             if isinstance(arg, str):
                 arg = arg.encode()
+            elif isinstance(arg, bool):
+                raise redis.DataError(f"a bool is not a Redis argument: {arg!r}")
             elif isinstance(arg, (int, float)):
                 arg = repr(arg).encode()
+            elif isinstance(arg, memoryview):
+                arg = arg.cast("B")  # its length in bytes, whatever its items are
             small += b"$%d\r\n" % len(arg)
             if len(arg) >= _OWN_BUFFER:
                 parts += [small, arg]
