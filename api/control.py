@@ -31,15 +31,23 @@ from arceus.plan import wires
 from arceus.plan.partition import StageAssignment, plan, units
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
-from workers import LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD
+from workers import LOAD_SHARD, MEASURE_UNITS, RUN_STAGE, UNLOAD_SHARD
 
 __all__ = ["BROKER_WAIT_S", "Control"]
 
 # The longest a request waits for a broker connection to send a task (Celery's own pool would
 # block forever once its broker_pool_limit connections are out).
 BROKER_WAIT_S = 5.0
+# A worker times the job's units in at most unitcost.BUDGET_S (5 s); the rest is Celery's hand-offs.
+UNIT_COSTS_WAIT_S = 30.0
 
 log = logging.getLogger(__name__)
+
+
+def _kept_costs(job: dict, config: JobConfig) -> list[float] | None:
+    """The unit costs the job's record keeps from an earlier initialize, if they fit its model."""
+    kept = job.get("unit_costs")
+    return list(kept) if kept and len(kept) == len(units(config.layers)) else None
 
 
 def _capacity(device: dict) -> int | None:
@@ -120,7 +128,7 @@ class Control:
         config = JobConfig.parse(job["config"])
         with self._plan_lock():
             chosen = self.choose_devices(job, config, devices)
-            shards = self._plan(config, chosen)
+            shards = self._plan(config, chosen, self._unit_costs(job, config, chosen[0]["device_id"]))
             self.store.transition(job_id, "initializing", error="", reserved=[s.device_id for s in shards])
         step = manifest["step"] if manifest is not None else 0
         confirmed = self._load(job_id, shards, config, seed, manifest)
@@ -195,11 +203,36 @@ class Control:
             if shard.device_id in busy:
                 raise Conflict(f"device {shard.device_id} (stage {shard.stage}) serves job {busy[shard.device_id]} now")
 
-    def _plan(self, config: JobConfig, devices: list[dict]) -> list[StageAssignment]:
+    def _plan(self, config: JobConfig, devices: list[dict], unit_costs: list[float] | None) -> list[StageAssignment]:
         # PartitionError (409) when D > L, or when no split fits the memory the devices reported.
-        # With every device's measured speed, the split and the devices' order minimise the slowest stage's time.
+        # With every device's measured speed, the split and the devices' order minimise the slowest stage's
+        # time; each unit's cost is what a worker measured (None: its FLOPs).
         return plan(config.layers, [d["device_id"] for d in devices], [_capacity(d) for d in devices],
-                    rows=config.dataset.batch_size, gflops=[d.get("gflops") for d in devices])  # fmt: skip
+                    rows=config.dataset.batch_size, gflops=[d.get("gflops") for d in devices],
+                    unit_costs=unit_costs)  # fmt: skip
+
+    def _unit_costs(self, job: dict, config: JobConfig, device_id: str) -> list[float] | None:
+        """What each unit of the job's model costs, timed by the worker of ``device_id`` once per job
+        (``engine.unitcost``) and kept in the job record. None, and the plan counts FLOPs, where the
+        worker could not time them; ``cost_model`` in the job says which it was, and why."""
+        kept = _kept_costs(job, config)
+        if kept is not None:
+            return kept
+        result = None
+        try:
+            result = self._send(MEASURE_UNITS, [config.to_dict()], device_id)
+            costs = result.get(timeout=UNIT_COSTS_WAIT_S, propagate=True)
+            model = (f"measured: each unit's time on device {device_id}" if costs is not None else
+                     f"FLOPs: timing the units on device {device_id} took too long")  # fmt: skip
+        except Exception as e:  # a worker of before this task, a timeout, a model it cannot build: FLOPs
+            costs, model = None, f"FLOPs: device {device_id} could not time the units ({type(e).__name__}: {e})"
+            log.warning("job %s: %s", job["job_id"], model)
+        finally:
+            if result is not None:
+                result.forget()
+        self.store.set_fields(job["job_id"], unit_costs=costs or [], cost_model=model)
+        job.update(unit_costs=costs or [], cost_model=model)
+        return costs
 
     def _load(
         self, job_id: str, shards: list[StageAssignment], config: JobConfig, seed: int, manifest: dict | None
@@ -295,7 +328,7 @@ class Control:
                     )
                 manifest, epochs = self._resume_point(job, train)
                 config = JobConfig.parse(job["config"])
-                shards = self._plan(config, devices[: len(units(config.layers))])
+                shards = self._plan(config, devices[: len(units(config.layers))], _kept_costs(job, config))
                 self.store.set_fields(job_id, reserved=[s.device_id for s in shards])  # ours while they load
         except ArceusError as e:
             self._fail_recovery(job_id, f"{e}: initialize it again from its last checkpoint")

@@ -39,6 +39,7 @@ def _public(job: dict, control) -> dict:
         "train_config": job.get("train_config") or None,
         "devices": job["devices"],
         "plan": job.get("plan") or None,
+        "cost_model": job.get("cost_model") or None,
         "run_id": job.get("run_id") or None,
         "created_at": job["created_at"],
         "updated_at": job["updated_at"],

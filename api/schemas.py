@@ -450,6 +450,11 @@ class JobSchema(Schema):
     train_config = fields.Nested(TrainSchema, allow_none=True)
     devices = fields.List(fields.Nested(DeviceSchema))
     plan = fields.List(fields.Nested(StagePlanSchema), allow_none=True)
+    cost_model = fields.String(
+        allow_none=True,
+        metadata={"description": "what the plan's split and expected_ms count: each unit's measured time, or its "
+                  "FLOPs (and why)"},
+    )  # fmt: skip
     run_id = fields.String(allow_none=True)
     created_at = fields.Float()
     updated_at = fields.Float()

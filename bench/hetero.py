@@ -10,7 +10,9 @@ model trains with each plan, every stage a process of its own in its device's cg
 
 - equal: ``partition``'s equal layer counts, devices in their order;
 - balanced: ``plan`` without speeds (the slowest stage's FLOPs is the least it can be);
-- aware: ``plan`` with the measured speeds (the slowest stage's time; it also orders devices).
+- aware: ``plan`` with the measured speeds (the slowest stage's time; it also orders devices);
+- measured: ``aware``, with each unit's cost measured (``engine.unitcost.measure``, run in this
+  process, outside the cgroups) instead of its FLOPs.
 
 ``--slow`` says which of the three devices is the slow one (each value is a separate case),
 since a speed-blind plan's cost depends on where the slow device happens to be. Prints
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 from arceus.config import JobConfig, TrainConfig
+from arceus.engine import unitcost
 from arceus.launch.redis_server import redis_for
 from arceus.plan.partition import assign, partition, plan, units
 from arceus.plan.runspec import RunSpec
@@ -118,6 +121,9 @@ def main() -> None:
         raw = WIDE if model == "wide" else json.loads((EXAMPLES / "cnn_mnist.json").read_text())
         job = JobConfig.parse(raw)
         rows_per_batch = job.dataset.batch_size
+        costs = unitcost.measure(job)
+        if costs is None:
+            raise SystemExit(f"{model}: timing its units took over {unitcost.BUDGET_S}s")
         for slow in args.slow:
             shares = [SLOW if d == slow else FAST for d in range(3)]
             groups = [CpuGroup(f"arceus-bench-dev{d}", share) for d, share in enumerate(shares)]
@@ -128,9 +134,11 @@ def main() -> None:
                     "equal": assign(job.layers, partition(len(units(job.layers)), 3), ids, rows_per_batch),
                     "balanced": plan(job.layers, ids, rows=rows_per_batch),
                     "aware": plan(job.layers, ids, rows=rows_per_batch, gflops=gflops),
+                    "measured": plan(job.layers, ids, rows=rows_per_batch, gflops=gflops, unit_costs=costs),
                 }
-                expected = {name: [s.flops * rows_per_batch / (gflops[s.device_id] * 1e9) * 1e3 for s in shards]
-                            for name, shards in plans.items()}  # fmt: skip
+                # A plan with speeds carries its own estimates; the others are estimated by FLOPs.
+                expected = {name: [s.expected_ms or s.flops * rows_per_batch / (gflops[s.device_id] * 1e9) * 1e3
+                                   for s in shards] for name, shards in plans.items()}  # fmt: skip
                 print(f"{model}, slow device {slow}: measured GFLOP/s {[round(g, 1) for g in gflops]}", flush=True)
                 for name, shards in plans.items():
                     print(f"  {name:9s} " + "  ".join(
@@ -153,11 +161,11 @@ def main() -> None:
 
 
 def summarize(rows: list[dict]) -> None:
-    print(f"\n{'model':6s} {'slow':>4s} {'plan':9s} {'samples/s':>10s} {'vs equal':>8s} {'vs balanced':>11s}  "
-          "expected / measured compute ms a batch, per stage")  # fmt: skip
+    print(f"\n{'model':6s} {'slow':>4s} {'plan':9s} {'samples/s':>10s} {'vs equal':>8s} {'vs balanced':>11s} "
+          f"{'vs aware':>8s}  expected / measured compute ms a batch, per stage")  # fmt: skip
     for model, slow in dict.fromkeys((r["model"], r["slow"]) for r in rows):
         mine = {name: [r for r in rows if (r["model"], r["slow"], r["plan"]) == (model, slow, name)]
-                for name in ("equal", "balanced", "aware")}  # fmt: skip
+                for name in ("equal", "balanced", "aware", "measured")}  # fmt: skip
         med = {name: statistics.median(r["samples_per_s"] for r in got) for name, got in mine.items()}
         for name, got in mine.items():
             measured = [statistics.median(r["compute_ms"][str(s)] if str(s) in r["compute_ms"]
@@ -165,7 +173,7 @@ def summarize(rows: list[dict]) -> None:
             stages = ", ".join(f"{e:.0f}/{m:.0f}" for e, m in zip(got[0]["expected_ms"], measured, strict=True))
             print(
                 f"{model:6s} {slow:>4d} {name:9s} {med[name]:10,.0f} {med[name] / med['equal']:8.2f} "
-                f"{med[name] / med['balanced']:11.2f}  {stages}"
+                f"{med[name] / med['balanced']:11.2f} {med[name] / med['aware']:8.2f}  {stages}"
             )
 
 

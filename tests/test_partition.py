@@ -149,3 +149,18 @@ def test_a_speed_not_reported_by_every_device_is_not_used():
     layers = _costly([1000, 100, 100, 100, 100, 100])
     assert plan(layers, [7, 8, 9], rows=8, gflops=[1.0, None, 0.5]) == plan(layers, [7, 8, 9], rows=8)
     assert all(s.expected_ms is None for s in plan(layers, [7, 8, 9], rows=8, gflops=[1.0, None, 0.5]))
+
+
+def test_measured_unit_costs_replace_flops_in_the_split_and_the_estimates():
+    layers = _costly([100] * 6)  # the same FLOPs each: by FLOPs, three and three
+    assert [(s.start_layer, s.end_layer) for s in plan(layers, 2)] == [(0, 3), (3, 6)]
+    # Measured, the first runs at a tenth of matmul speed (a memory-bound convolution does).
+    measured = [2000.0, 300.0, 300.0, 300.0, 300.0, 300.0]
+    shards = plan(layers, [7, 8], rows=8, gflops=[1.0, 1.0], unit_costs=measured)
+    assert [(s.start_layer, s.end_layer) for s in shards] == [(0, 1), (1, 6)]
+    assert [s.expected_ms for s in shards] == pytest.approx([2000 * 8 / 1e6, 1500 * 8 / 1e6], rel=1e-3)
+    assert [s.flops for s in shards] == [200, 5 * 300]  # the FLOPs are still FLOPs
+    with pytest.raises(PartitionError, match="6 numbers >= 0, one per unit"):
+        plan(layers, 2, unit_costs=measured[:5])
+    with pytest.raises(PartitionError, match="6 numbers >= 0"):
+        plan(layers, 2, unit_costs=[float("nan"), *measured[1:]])

@@ -6,6 +6,6 @@ redis://127.0.0.1:6379/0). Importing this package builds no app: the API makes i
 with ``make_celery`` and sends tasks by name.
 """
 
-from .factory import DEFAULT_REDIS_URL, LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD, make_celery
+from .factory import DEFAULT_REDIS_URL, LOAD_SHARD, MEASURE_UNITS, RUN_STAGE, UNLOAD_SHARD, make_celery
 
-__all__ = ["DEFAULT_REDIS_URL", "LOAD_SHARD", "RUN_STAGE", "UNLOAD_SHARD", "make_celery"]
+__all__ = ["DEFAULT_REDIS_URL", "LOAD_SHARD", "MEASURE_UNITS", "RUN_STAGE", "UNLOAD_SHARD", "make_celery"]

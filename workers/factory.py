@@ -11,11 +11,12 @@ from celery import Celery
 from arceus import keys
 from arceus.settings import Settings
 
-__all__ = ["DEFAULT_REDIS_URL", "LOAD_SHARD", "RUN_STAGE", "UNLOAD_SHARD", "make_celery"]
+__all__ = ["DEFAULT_REDIS_URL", "LOAD_SHARD", "MEASURE_UNITS", "RUN_STAGE", "UNLOAD_SHARD", "make_celery"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Task names: the API sends tasks by name, so it never imports torch.
 LOAD_SHARD = "arceus.load_shard"
+MEASURE_UNITS = "arceus.measure_units"
 RUN_STAGE = "arceus.run_stage"
 UNLOAD_SHARD = "arceus.unload_shard"
 

@@ -6,10 +6,12 @@ import threading
 
 from celery import Celery, shared_task
 
+from arceus.config import JobConfig
 from arceus.control.host import ShardHost
+from arceus.engine import unitcost
 from arceus.settings import Settings
 
-from .factory import LOAD_SHARD, RUN_STAGE, UNLOAD_SHARD
+from .factory import LOAD_SHARD, MEASURE_UNITS, RUN_STAGE, UNLOAD_SHARD
 
 _host: ShardHost | None = None
 _lock = threading.Lock()
@@ -41,6 +43,12 @@ def load_shard(
     data_urls: list[str | None] = (),
 ) -> dict:
     return host(self.app).load(job_id, device_id, shard, job_config, seed, restore, data_urls)
+
+
+@shared_task(name=MEASURE_UNITS)
+def measure_units(job_config: dict) -> list[float] | None:
+    """Each partition unit's cost, timed on this machine (``engine.unitcost``), for the API's plan."""
+    return unitcost.measure(JobConfig.parse(job_config))
 
 
 @shared_task(name=RUN_STAGE, bind=True)

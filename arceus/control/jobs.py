@@ -254,7 +254,7 @@ def _state_event(
 
 def _parse(raw: dict[bytes, bytes]) -> dict:
     job = {k.decode(): v.decode() for k, v in raw.items()}
-    for field in ("config", "plan", "train_config", "final", "recoveries", "history"):
+    for field in ("config", "plan", "train_config", "final", "recoveries", "history", "unit_costs"):
         if job.get(field):
             job[field] = json.loads(job[field])
     for field in ("created_at", "updated_at"):

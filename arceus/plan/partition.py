@@ -146,18 +146,20 @@ def plan(
     capacities: Sequence[int | None] = (),
     rows: int = 1,
     gflops: Sequence[float | None] = (),
+    unit_costs: Sequence[float] | None = None,
 ) -> list[StageAssignment]:
     """The pipeline plan: stage i holds layers ``[start, end)`` on device ``i`` of the order chosen.
-    The split minimises the slowest stage's training FLOPs among those whose ``memory_bytes``
-    (``rows`` samples in flight) fit each device's capacity in bytes (None: not reported). When
-    every device reported its speed (``gflops``), a stage's time is its FLOPs over its device's
-    speed, and the devices' order is chosen too (``_orders``): the slowest stage is the fastest
-    it can be, and a slow device takes a light range. That plan replaces the FLOPs-only one when
-    its slowest stage is expected ``SPEED_MARGIN`` faster."""
+    The split minimises the slowest stage's training cost among those whose ``memory_bytes``
+    (``rows`` samples in flight) fit each device's capacity in bytes (None: not reported). A
+    unit's cost is its FLOPs, or what ``unit_costs`` says (``engine.unitcost.measure``: its
+    measured time as matmul FLOPs). When every device reported its speed (``gflops``), a stage's
+    time is its cost over its device's speed, and the devices' order is chosen too (``_orders``):
+    the slowest stage is the fastest it can be, and a slow device takes a light range. That plan
+    replaces the speed-blind one when its slowest stage is expected ``SPEED_MARGIN`` faster."""
     ids: list = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
     groups = units(layers)
     partition(len(groups), len(ids))  # refuses D > L, naming both
-    costs = [train_flops_per_sample(layers, a, b) for a, b in groups]
+    costs = _costs(layers, unit_costs)
     # Units' memory as prefix sums: the programs ask for every range, often.
     unit_bytes = [memory_bytes(layers, a, b, rows) for a, b in groups]
     mem = [0]
@@ -192,7 +194,8 @@ def plan(
         best = aware
     if best is not None:
         order = best[1]
-        return assign(layers, best[2], [ids[i] for i in order], rows, [speeds[i] for i in order] if speeds else ())
+        speeds_in_order = [speeds[i] for i in order] if speeds else ()
+        return assign(layers, best[2], [ids[i] for i in order], rows, speeds_in_order, costs)
     # Say which device falls short in the best split without the memory check.
     fits = fitting(given)
     for stage, (k, u) in enumerate(balanced_ranges(costs, len(ids)) or []):
@@ -205,6 +208,16 @@ def plan(
                 f"devices, or use smaller batches"
             )
     raise PartitionError(f"no split of the layers over {len(ids)} devices fits their memory")
+
+
+def _costs(layers: Sequence[Layer], unit_costs: Sequence[float] | None) -> list[float]:
+    """Each unit's cost per sample: measured (``unit_costs``, one per unit), else its training FLOPs."""
+    groups = units(layers)
+    if unit_costs is None:
+        return [train_flops_per_sample(layers, a, b) for a, b in groups]
+    if len(unit_costs) != len(groups) or not all(c >= 0 and math.isfinite(c) for c in unit_costs):
+        raise PartitionError(f"unit_costs must be {len(groups)} numbers >= 0, one per unit, got {list(unit_costs)}")
+    return list(unit_costs)
 
 
 def _better(score: tuple[float, float], than: tuple[float, float]) -> bool:
@@ -245,17 +258,20 @@ def assign(
     device_ids: Sequence[str | None],
     rows: int = 1,
     gflops: Sequence[float | None] = (),
+    unit_costs: Sequence[float] | None = None,
 ) -> list[StageAssignment]:
     """Stage assignments for ranges of ``units(layers)``, one per device, with their estimates
-    (with the devices' ``gflops``, each stage's compute time a batch of ``rows``).
-    ``plan`` chooses the ranges by cost; the benchmarks also assign ``partition``'s equal counts."""
+    (with the devices' ``gflops``, each stage's compute time a batch of ``rows``, from its units'
+    costs: ``unit_costs``, else FLOPs). ``plan`` chooses the ranges by cost; the benchmarks also
+    assign ``partition``'s equal counts."""
     groups = units(layers)
+    costs = _costs(layers, unit_costs)
     out = []
     for i, ((k, u), dev) in enumerate(zip(unit_ranges, device_ids, strict=True)):
         a, b = groups[k][0], groups[u - 1][1]
         params = sum(layer.params for layer in layers[a:b])
         flops = train_flops_per_sample(layers, a, b)
         speed = gflops[i] if i < len(gflops) else None
-        expected = float(f"{flops * rows / (speed * 1e9) * 1e3:.4g}") if speed else None
+        expected = float(f"{sum(costs[k:u]) * rows / (speed * 1e9) * 1e3:.4g}") if speed else None
         out.append(StageAssignment(i, a, b, dev, params, flops, memory_bytes(layers, a, b, rows), expected))
     return out
