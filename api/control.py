@@ -21,7 +21,7 @@ from arceus.blobs import put_blob
 from arceus.checkpoints import CheckpointStore
 from arceus.config import JobConfig, TrainConfig
 from arceus.control.devices import LEASE_S
-from arceus.control.jobs import JobStore
+from arceus.control.jobs import TRANSITIONS, JobStore, conflict_message
 from arceus.control.supervisor import merge_history
 from arceus.errors import ArceusError, Conflict, NotFound, UpstreamError
 from arceus.events import EventLog
@@ -38,10 +38,18 @@ __all__ = ["BROKER_WAIT_S", "Control"]
 # The longest a request waits for a broker connection to send a task (Celery's own pool would
 # block forever once its broker_pool_limit connections are out).
 BROKER_WAIT_S = 5.0
+_INITIALIZABLE = tuple(status for status, to in TRANSITIONS.items() if "initializing" in to)
 # A worker times the job's units in at most unitcost.BUDGET_S (5 s); the rest is Celery's hand-offs.
 UNIT_COSTS_WAIT_S = 30.0
 
 log = logging.getLogger(__name__)
+
+
+def _valid_costs(costs: object, n: int) -> bool:
+    return (
+        isinstance(costs, list) and len(costs) == n
+        and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c < float("inf") for c in costs)
+    )  # fmt: skip
 
 
 def _kept_costs(job: dict, config: JobConfig) -> list[float] | None:
@@ -126,10 +134,17 @@ class Control:
         job = self.job(job_id)
         manifest = self.checkpoints.manifest(job_id, checkpoint) if checkpoint is not None else None
         config = JobConfig.parse(job["config"])
+        if job["status"] not in _INITIALIZABLE:
+            raise Conflict(conflict_message(job_id, job["status"], "initializing"))
+        # What the units cost depends on the model alone: timed before the lock, which guards
+        # the devices' reservation and is held for milliseconds.
+        costs, cost_fields = self._unit_costs(job, config, devices)
         with self._plan_lock():
             chosen = self.choose_devices(job, config, devices)
-            shards = self._plan(config, chosen, self._unit_costs(job, config, chosen[0]["device_id"]))
-            self.store.transition(job_id, "initializing", error="", reserved=[s.device_id for s in shards])
+            shards = self._plan(config, chosen, costs)
+            self.store.transition(
+                job_id, "initializing", error="", reserved=[s.device_id for s in shards], **cost_fields
+            )
         step = manifest["step"] if manifest is not None else 0
         confirmed = self._load(job_id, shards, config, seed, manifest)
         shards = _with_links(shards, confirmed)
@@ -211,28 +226,37 @@ class Control:
                     rows=config.dataset.batch_size, gflops=[d.get("gflops") for d in devices],
                     unit_costs=unit_costs)  # fmt: skip
 
-    def _unit_costs(self, job: dict, config: JobConfig, device_id: str) -> list[float] | None:
-        """What each unit of the job's model costs, timed by the worker of ``device_id`` once per job
-        (``engine.unitcost``) and kept in the job record. None, and the plan counts FLOPs, where the
-        worker could not time them; ``cost_model`` in the job says which it was, and why."""
+    def _unit_costs(
+        self, job: dict, config: JobConfig, asked: list[str] | None
+    ) -> tuple[list[float] | None, dict[str, object]]:
+        """What each unit of the job's model costs (``engine.unitcost``: forward and backward on
+        one CPU thread, as matmul FLOPs of that CPU), timed by the worker of the device that would
+        hold its first stage, and the job record's fields that keep them. Kept costs are reused.
+        None, and the plan counts FLOPs, where the worker could not time them; ``cost_model`` says
+        which it was, and why. A plan that cannot be (more devices than units, too little memory)
+        fails here, before any worker builds a layer."""
         kept = _kept_costs(job, config)
         if kept is not None:
-            return kept
-        result = None
+            return kept, {}
+        device_id = self._plan(config, self.choose_devices(job, config, asked), None)[0].device_id
+        n, result = len(units(config.layers)), None
         try:
-            result = self._send(MEASURE_UNITS, [config.to_dict()], device_id)
+            result = self._send(MEASURE_UNITS, [config.to_dict()], device_id, expires=UNIT_COSTS_WAIT_S)
             costs = result.get(timeout=UNIT_COSTS_WAIT_S, propagate=True)
-            model = (f"measured: each unit's time on device {device_id}" if costs is not None else
-                     f"FLOPs: timing the units on device {device_id} took too long")  # fmt: skip
-        except Exception as e:  # a worker of before this task, a timeout, a model it cannot build: FLOPs
+            if costs is None:
+                model = f"FLOPs: timing the units on device {device_id} would take too long or not fit its memory"
+            elif not _valid_costs(costs, n):
+                costs, model = None, f"FLOPs: device {device_id} answered {n} unit costs wrongly: is it up to date?"
+            else:
+                model = f"measured: each unit's time on device {device_id} (its CPU, one thread)"
+        except Exception as e:  # a worker without this task, a timeout, a model it cannot build: FLOPs
             costs, model = None, f"FLOPs: device {device_id} could not time the units ({type(e).__name__}: {e})"
             log.warning("job %s: %s", job["job_id"], model)
         finally:
             if result is not None:
                 result.forget()
-        self.store.set_fields(job["job_id"], unit_costs=costs or [], cost_model=model)
-        job.update(unit_costs=costs or [], cost_model=model)
-        return costs
+        # An empty list is no costs: the next initialize tries again.
+        return costs, {"unit_costs": costs or [], "cost_model": model}
 
     def _load(
         self, job_id: str, shards: list[StageAssignment], config: JobConfig, seed: int, manifest: dict | None

@@ -333,7 +333,10 @@ class StagePlanSchema(Schema):
     )
     expected_ms = fields.Float(
         allow_none=True,
-        metadata={"description": "compute ms a batch, from its FLOPs and its device's measured GFLOP/s"},
+        metadata={
+            "description": "compute ms a batch, from its layers' cost (measured, else FLOPs: the job's "
+            "cost_model) and its device's measured GFLOP/s"
+        },
     )
     link = fields.Nested(LinkPlanSchema, allow_none=True,
                          metadata={"description": "the link to the next stage (none for the last stage)"})  # fmt: skip

@@ -1,6 +1,7 @@
 """engine.unitcost: each partition unit's cost, measured (the plans' cost model)."""
 
 import json
+import time
 from pathlib import Path
 
 from arceus.config import JobConfig
@@ -23,5 +24,16 @@ def test_a_memory_bound_convolution_costs_more_than_its_flops_say():
     assert conv1 > 4 * max(conv2, linear)
 
 
+def test_a_text_model_is_timed_with_token_ids_in_its_embeddings_range():
+    gpt = JobConfig.parse(json.loads((Path(__file__).resolve().parents[1] / "examples" / "gpt_text.json").read_text()))
+    costs = measure(gpt, budget_s=120)
+    assert len(costs) == len(units(gpt.layers)) and all(c > 0 for c in costs)
+
+
 def test_a_model_too_slow_to_time_within_the_budget_is_left_to_flops():
-    assert measure(JobConfig.parse(CNN), budget_s=0.0) is None
+    # The FLOPs say so before a layer is built: 8192 x 8192 weights, seconds a pass on one thread.
+    big = JobConfig.parse({"model_config": {"layer_sizes": [784, 8192, 8192, 10]},
+                           "dataset_config": {"name": "MNIST", "batch_size": 64}})  # fmt: skip
+    t0 = time.perf_counter()
+    assert measure(big, budget_s=0.5) is None
+    assert time.perf_counter() - t0 < 5  # matmul speed (0.2 s) and no layer built

@@ -21,7 +21,7 @@ from ..config import JobConfig
 from ..errors import Conflict, NotFound
 from .devices import DeviceRegistry
 
-__all__ = ["ACTIVE", "TRANSITIONS", "JobStore"]
+__all__ = ["ACTIVE", "TRANSITIONS", "JobStore", "conflict_message"]
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "created": ("initializing",),
@@ -129,7 +129,7 @@ class JobStore:
                     current = current.decode()
                     sources = tuple(allowed_from) if allowed_from is not None else _sources(to)
                     if current not in sources:
-                        raise Conflict(_conflict_message(job_id, current, to))
+                        raise Conflict(conflict_message(job_id, current, to))
                     run_id = (pipe.hget(key, "run_id") or b"").decode()
                     for name, value in (expect or {}).items():
                         actual = (pipe.hget(key, name) or b"").decode()
@@ -269,7 +269,7 @@ def _sources(to: str) -> tuple[str, ...]:
     return tuple(s for s, targets in TRANSITIONS.items() if to in targets)
 
 
-def _conflict_message(job_id: str, current: str, to: str) -> str:
+def conflict_message(job_id: str, current: str, to: str) -> str:
     if current == to:
         return f"job {job_id} is already {current}"
     if to == "training" and current in ("created", "failed"):

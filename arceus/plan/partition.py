@@ -28,7 +28,7 @@ class StageAssignment:
     params: int = 0
     flops: int = 0
     memory_bytes: int = 0
-    # Milliseconds of compute a batch, expected from its FLOPs and its device's measured speed.
+    # Milliseconds of compute a batch, expected from its units' cost (measured, else FLOPs) and its device's speed.
     expected_ms: float | None = None
     # The link to the next stage, once both ends measured it (``plan.wires``): its wire and why.
     link: dict | None = field(default=None, compare=False)
@@ -179,7 +179,7 @@ def plan(
         return max(stage_s), sum(t * t for t in stage_s)
 
     given = list(range(len(ids)))
-    blind = balanced_ranges(costs, len(ids), fitting(given))  # the devices as given, by FLOPs alone
+    blind = balanced_ranges(costs, len(ids), fitting(given))  # the devices as given, blind to speed
     best = None if blind is None else (score(given, blind), given, blind)
     aware = None
     for order in _orders(speeds, caps, len(costs)) if speeds else []:
