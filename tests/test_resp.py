@@ -53,16 +53,6 @@ def test_it_opens_a_password_protected_redis_as_the_url_says():
             wrong.send(("PING",))
 
 
-def test_a_killed_connection_fails_as_a_connection_error(r):
-    conn = Connection(r)
-    conn.send(("CLIENT", "ID"))
-    r.client_kill_filter(_id=conn.read())
-    with pytest.raises(redis.ConnectionError):
-        conn.send(("PING",))
-        conn.read()
-    assert not conn.is_connected
-
-
 def _not_redis(reply: bytes) -> int:
     """A server that says OK to redis-py's handshake, then answers PING with ``reply`` and closes."""
     server = socket.create_server(("127.0.0.1", 0))
@@ -116,13 +106,14 @@ def test_error_replies_keep_redis_pys_types(r):
     conn.disconnect()
 
 
-def test_a_connection_that_failed_stays_closed(r):
+def test_a_killed_connection_fails_as_a_connection_error_and_stays_closed(r):
     conn = Connection(r)
     conn.send(("CLIENT", "ID"))
     r.client_kill_filter(_id=conn.read())
     with pytest.raises(redis.ConnectionError):
         conn.send(("PING",))
         conn.read()
+    assert not conn.is_connected
     # Opening a new one would put the replies the link is owed out of step with its commands.
     with pytest.raises(redis.ConnectionError, match="was closed"):
         conn.send(("PING",))
