@@ -82,6 +82,8 @@ def test_a_job_created_in_the_page_trains_with_live_curves(cluster, page):
     page.click("#initialize")
     sync_api.expect(page.locator("#status")).to_have_text("ready")
     sync_api.expect(page.locator("#plan tbody tr")).to_have_count(2)
+    # What the plan counted: each layer's cost, timed by a worker.
+    sync_api.expect(page.locator("#cost-model")).to_contain_text("Layer costs: measured: each unit's time on device")
     # Count the loss chart's training points each time it is drawn.
     page.evaluate("""() => { window.seen = [];
         new MutationObserver(() => window.seen.push(document.querySelectorAll(

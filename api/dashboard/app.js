@@ -266,7 +266,8 @@ function setJob(job) {
     .map((k) => `${k}: ${job[k] ? JSON.stringify(job[k], null, 1).replace(/\n\s*/g, " ") : "(not trained yet)"}`)
     .join("\n");
   const plan = job.plan || [];
-  document.getElementById("plan").replaceChildren(plan.length ? h("table", {},
+  const costs = job.cost_model ? [h("p", { class: "muted", id: "cost-model" }, `Layer costs: ${job.cost_model}`)] : [];
+  document.getElementById("plan").replaceChildren(...(plan.length ? [h("table", {},
     h("thead", {}, h("tr", {}, ["Stage", "Layers", "Device", "Parameters", "Training MFLOP/sample", "Memory (est.)",
       "Compute ms/batch (est.)", "Link to next (auto wire)"]
       .map((t, i) => h("th", { class: i >= 3 && i < 7 ? "num" : "" }, t)))),
@@ -274,11 +275,11 @@ function setJob(job) {
       h("td", {}, s.stage), h("td", {}, `[${s.start_layer}, ${s.end_layer})`), h("td", {}, deviceName(job, s.device_id)),
       h("td", { class: "num" }, (s.params || 0).toLocaleString()), h("td", { class: "num" }, num((s.flops || 0) / 1e6, 3)),
       h("td", { class: "num" }, mb(s.memory_bytes)),
-      h("td", { class: "num", title: "from the stage's FLOPs and its device's measured GFLOP/s" },
+      h("td", { class: "num", title: "from the stage's layer costs (below the table) and its device's measured GFLOP/s" },
         s.expected_ms == null ? "–" : num(s.expected_ms, s.expected_ms < 1 ? 3 : 1)),
       h("td", { class: "link", title: s.link ? s.link.reason : "" },
-        s.link ? `${s.link.wire} (${num(s.link.ms[s.link.wire], 2)} ms a batch)` : "–")))))
-    : h("p", { class: "muted" }, "Not planned yet: Initialize partitions the layers over the devices."));
+        s.link ? `${s.link.wire} (${num(s.link.ms[s.link.wire], 2)} ms a batch)` : "–"))))), ...costs]
+    : [h("p", { class: "muted" }, "Not planned yet: Initialize partitions the layers over the devices.")]));
   const download = document.getElementById("download");
   download.hidden = !(job.checkpoints || []).length;
   download.href = `/api/jobs/${job.job_id}/model`;
