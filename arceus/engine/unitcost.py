@@ -33,7 +33,7 @@ REPEATS = 3  # the fastest of these is kept: the others are other work taking th
 def measure(job: JobConfig, budget_s: float = BUDGET_S, seed: int = 0) -> list[float] | None:
     """Each unit's training cost per sample, in matmul FLOPs of this CPU. None, before anything is
     built, when timing them all would take more than ``budget_s`` seconds at matmul speed or the
-    largest unit would not fit in the memory this machine has free; None too when the timing
+    largest unit would take over half the memory this machine has free; None too when the timing
     itself runs over the budget."""
     layers = job.layers
     rows = min(job.dataset.batch_size, ROWS)
