@@ -134,8 +134,9 @@ class Control:
         job = self.job(job_id)
         manifest = self.checkpoints.manifest(job_id, checkpoint) if checkpoint is not None else None
         config = JobConfig.parse(job["config"])
-        if job["status"] not in _INITIALIZABLE:  # before a worker is asked to time anything (the
-            raise Conflict(conflict_message(job_id, job["status"], "initializing"))  # transition checks again)
+        # Refused before a worker is asked to time anything (the transition below checks again).
+        if job["status"] not in _INITIALIZABLE:
+            raise Conflict(conflict_message(job_id, job["status"], "initializing"))
         # What the units cost depends on the model alone: timed before the lock, which guards
         # the devices' reservation and is held for milliseconds.
         costs, cost_fields = self._unit_costs(job, config, devices)
