@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from arceus.errors import PayloadError
-from arceus.wire import CODECS, decode, encode
+from arceus.wire import CODECS, decode, encode, encode_parts
 from arceus.wire.codecs import BlockInt8
 
 
@@ -27,6 +27,15 @@ def test_round_trip_shape_dtype(codec, name):
     assert y.shape == x.shape and y.dtype == x.dtype
     if CODECS[codec].lossless:
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_parts_join_to_the_payload_and_raw_sends_the_tensors_own_memory(codec):
+    x = _tensors()["relu"]
+    head, body = encode_parts(x, codec)
+    assert head + body.tobytes() == encode(x, codec)
+    if codec == "raw":  # not a copy: the body is the tensor's memory
+        assert body.nbytes == x.numel() * 4 and torch.frombuffer(body, dtype=torch.uint8).data_ptr() == x.data_ptr()
 
 
 def test_raw_is_lossless_for_labels():

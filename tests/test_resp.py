@@ -32,6 +32,17 @@ def test_a_stream_entry_is_read_whole_at_every_size(r):
     conn.disconnect()
 
 
+def test_an_argument_in_pieces_arrives_as_one_bulk_string(r):
+    """A payload goes out as its header and body, not joined: Redis stores their concatenation."""
+    conn = Connection(r)
+    grid = memoryview(bytes(range(200)) * 100).cast("B", (100, 200))  # a 2-D view: sent as its bytes
+    cases = [(b"", b""), (b"h" * 19, bytes(range(256)) * 512), (b"h" * 19, b"small"), (bytearray(b"x" * 20000), grid)]
+    for head, body in cases:
+        conn.send(("SET", "k", (head, body)), ("GET", "k"))
+        assert conn.read() == b"OK" and conn.read() == bytes(head) + memoryview(body).tobytes()
+    conn.disconnect()
+
+
 def test_an_error_reply_raises_and_the_replies_after_it_still_line_up(r):
     conn = Connection(r)
     conn.send(("SET", "k", "v"), ("LPUSH", "k", "x"), ("GET", "k"))

@@ -28,7 +28,9 @@ def test_messages_cover_every_epoch_in_the_seeded_order_with_markers():
         train_msgs = [m for m in msgs if m.header["kind"] == "train" and m.header["epoch"] == e]
         order = torch.cat(batch_indices(10, 4, seed=3, epoch=e))
         torch.testing.assert_close(torch.cat([m.x for m in train_msgs]), data.train_x[order])
-        torch.testing.assert_close(torch.cat([m.y for m in train_msgs]), data.train_y[order])
+        ys = torch.cat([m.y for m in train_msgs])
+        assert ys.dtype == torch.uint8  # class ids as they travel, cast in the prefetch thread
+        torch.testing.assert_close(ys.long(), data.train_y[order])
         heads = [m.header for m in train_msgs]
         assert [(h["i"], h["mb"], h["n_mb"], h["bs"], h["steps"]) for h in heads] == [
             (0, 0, 2, 4, 3), (0, 1, 2, 4, 3), (1, 0, 2, 4, 3), (1, 1, 2, 4, 3), (2, 0, 2, 2, 3), (2, 1, 2, 2, 3)

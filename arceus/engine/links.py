@@ -21,7 +21,7 @@ from ..liveness import HEARTBEAT_S, HEARTBEAT_TTL_S, RunLiveness
 from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
 from ..settings import Settings
-from ..wire import decode, encode, raw_nbytes
+from ..wire import decode, encode, encode_parts, raw_nbytes
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
 from .metrics import StageMetrics
 from .streams import Receiver, Sender, data_client
@@ -156,13 +156,14 @@ class StageLinks:
         fields = {"h": encode_header(header)}
         if x is not None:
             try:
-                fields["x"] = encode(x, codec)
+                head, body = encode_parts(x, codec)  # the body of fp32 is x's memory: sent below, unchanged
             except PayloadError as e:
                 raise TrainingDiverged(
                     f"{what} are not finite ({e}): training diverged; lower learning_rate (now {self.learning_rate})"
                 ) from e
+            fields["x"] = (head, body)
             self.metrics.bytes_raw += raw_nbytes(x)
-            self.metrics.bytes_wire += len(fields["x"])
+            self.metrics.bytes_wire += len(head) + len(body)
         if msg is not None and (msg.y is not None or msg.y_wire is not None):
             fields["y"] = msg.y_wire if msg.y_wire is not None else encode(_small_labels(msg.y), "raw")
         t1 = time.perf_counter()
@@ -210,4 +211,6 @@ class StageLinks:
 
 def _small_labels(y: torch.Tensor) -> torch.Tensor:
     # Class ids fit a byte for up to 256 classes: 1 byte a sample on the wire instead of 8.
+    if y.dtype == torch.uint8:  # the training batches' already are (engine.source.prefetched)
+        return y
     return y.to(torch.uint8) if len(y) and 0 <= int(y.min()) and int(y.max()) < 256 else y

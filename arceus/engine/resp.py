@@ -24,7 +24,9 @@ import redis
 
 __all__ = ["Connection"]
 
-Arg = bytes | bytearray | memoryview | str | int | float
+Buffer = bytes | bytearray | memoryview
+# A tuple of buffers is one argument in pieces (a payload's header and body, not joined).
+Arg = Buffer | tuple[Buffer, ...] | str | int | float
 # A bulk string this long is received into a buffer of its own (no copy out of the read
 # buffer); shorter ones are sliced out of it.
 _OWN_BUFFER = 16 * 1024
@@ -227,6 +229,17 @@ def _pack(commands: tuple[tuple[Arg, ...], ...]) -> list:
     for cmd in commands:
         small += b"*%d\r\n" % len(cmd)
         for arg in cmd:
+            if isinstance(arg, tuple):  # one bulk string in pieces
+                pieces = [memoryview(p).cast("B") for p in arg]
+                small += b"$%d\r\n" % sum(len(p) for p in pieces)
+                for piece in pieces:
+                    if len(piece) >= _OWN_BUFFER:
+                        parts += [small, piece]
+                        small = bytearray()
+                    else:
+                        small += piece
+                small += b"\r\n"
+                continue
             if isinstance(arg, str):
                 arg = arg.encode()
             elif isinstance(arg, bool):

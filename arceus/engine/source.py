@@ -95,6 +95,8 @@ def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[tor
     def gather(chunk: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         idx = torch.cat(chunk)
         xs, ys = data.train_x[idx], data.train_y[idx]
+        if ys.dtype != torch.uint8 and len(ys) and 0 <= int(ys.min()) and int(ys.max()) < 256:
+            ys = ys.to(torch.uint8)  # ids as they travel (a byte each): cast here, not on the critical path
         sizes = [len(b) for b in chunk]
         return list(zip(xs.split(sizes), ys.split(sizes), strict=True))
 

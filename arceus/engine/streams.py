@@ -26,7 +26,9 @@ import redis
 from .. import keys
 from ..errors import StageTimeout
 from ..liveness import RunLiveness
-from .resp import Connection
+from .resp import Buffer, Connection
+
+Field = bytes | tuple[Buffer, ...]  # an entry's field value: bytes, or bytes in pieces (a payload)
 
 __all__ = ["POLL_S", "Receiver", "Sender", "data_client"]
 
@@ -43,7 +45,7 @@ def data_client(url: str) -> redis.Redis:
                                 socket_keepalive=True)  # fmt: skip
 
 
-def _xadd(key: str, fields: dict[str, bytes]) -> tuple:
+def _xadd(key: str, fields: dict[str, Field]) -> tuple:
     return ("XADD", key, "*", *(v for item in fields.items() for v in item))
 
 
@@ -64,7 +66,7 @@ class Sender:
         self._credits = window
         self._unread = 0  # XADD replies not read yet
 
-    def send(self, fields: dict[str, bytes], what: str) -> None:
+    def send(self, fields: dict[str, Field], what: str) -> None:
         if self._credits == 0:
             self._wait_for_credit(what)
         self._credits -= 1

@@ -22,8 +22,8 @@ class Codec(ABC):
     lossless: bool
 
     @abstractmethod
-    def encode(self, x: torch.Tensor) -> bytes:
-        """Body bytes for the flat contiguous tensor ``x``."""
+    def encode(self, x: torch.Tensor) -> bytes | memoryview:
+        """Body bytes for the flat contiguous tensor ``x`` (a view of ``x``'s own memory, for ``raw``)."""
 
     @abstractmethod
     def body_size(self, numel: int, dtype: torch.dtype) -> int:
@@ -62,8 +62,8 @@ class Raw(Codec):
     def accepts(self, dtype: torch.dtype) -> bool:
         return True
 
-    def encode(self, x: torch.Tensor) -> bytes:
-        return x.view(torch.uint8).numpy().tobytes()  # via bytes: numpy has no bfloat16
+    def encode(self, x: torch.Tensor) -> memoryview:
+        return memoryview(x.view(torch.uint8).numpy())  # as bytes: numpy has no bfloat16. Not copied.
 
     def body_size(self, numel: int, dtype: torch.dtype) -> int:
         return numel * dtype.itemsize

@@ -19,7 +19,7 @@ import torch
 from ..errors import PayloadError
 from .codecs import get_codec
 
-__all__ = ["MAGIC", "VERSION", "decode", "encode", "raw_nbytes"]
+__all__ = ["MAGIC", "VERSION", "decode", "encode", "encode_parts", "raw_nbytes"]
 
 MAGIC = b"ARCW"
 VERSION = 1
@@ -36,6 +36,12 @@ def raw_nbytes(x: torch.Tensor) -> int:
 
 
 def encode(x: torch.Tensor, codec: str) -> bytes:
+    return b"".join(encode_parts(x, codec))
+
+
+def encode_parts(x: torch.Tensor, codec: str) -> tuple[bytes, memoryview]:
+    """``encode``'s bytes in two parts, header and body, not joined. The body of ``raw`` is a view
+    of ``x``'s own memory (no copy): write the parts out before ``x`` changes."""
     c = get_codec(codec)
     if x.dtype not in _CODES or not c.accepts(x.dtype):
         raise PayloadError(f"codec {codec!r} cannot encode a tensor of dtype {x.dtype}")
@@ -43,15 +49,9 @@ def encode(x: torch.Tensor, codec: str) -> bytes:
         raise PayloadError(f"tensor has {x.dim()} dimensions; at most {MAX_NDIM} travel on the wire")
     name = c.name.encode("ascii")
     flat = x.detach().cpu().contiguous().reshape(-1)
-    return b"".join(
-        (
-            _HEAD.pack(MAGIC, VERSION, len(name)),
-            name,
-            _META.pack(_CODES[x.dtype], x.dim()),
-            struct.pack(f"<{x.dim()}I", *x.shape),
-            c.encode(flat),
-        )
-    )
+    meta = _META.pack(_CODES[x.dtype], x.dim()) + struct.pack(f"<{x.dim()}I", *x.shape)
+    head = _HEAD.pack(MAGIC, VERSION, len(name)) + name + meta
+    return head, memoryview(c.encode(flat)).cast("B")
 
 
 def decode(data: bytes | memoryview, max_elements: int = 1 << 26) -> torch.Tensor:
