@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,28 @@ def test_embedded_redis_serves_streams_and_stops():
     server.stop()
     assert not _alive(pid)
     assert not os.path.exists(workdir)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_a_server_bound_to_an_ipv6_address_gives_a_url_clients_can_use():
+    """`arceus worker --data-bind ::1`: the address goes in brackets, or the URL names no host."""
+    server = EmbeddedRedis(bind="::1", password="secret").start()
+    try:
+        url = server.url_for("::1")
+        assert url == f"redis://:secret@[::1]:{server.port}/0"
+        with redis.Redis.from_url(url) as r:
+            assert r.ping() and r.connection_pool.connection_kwargs["host"] == "::1"
+    finally:
+        server.stop()
 
 
 def _page_faults_for_entries(server: EmbeddedRedis, entries: int = 200) -> int:

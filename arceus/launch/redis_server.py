@@ -153,6 +153,8 @@ class EmbeddedRedis:
             auth = f"{WORKER_USER}:{self.worker_password}@"
         else:
             auth = f":{self.password}@" if self.password else ""
+        if ":" in host and not host.startswith("["):  # an IPv6 address goes in brackets in a URL
+            host = f"[{host}]"
         return f"redis://{auth}{host}:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
