@@ -29,7 +29,7 @@ def cluster(redis_url, tmp_path):
 
 def _job_with_workers(c: Cluster, n: int = 3, job: dict = SEED_JOB) -> tuple[str, list[str]]:
     status, body = c.call("POST", "/api/jobs", job)
-    assert status == 201 and body["message"] == "Job created successfully"
+    assert status == 201 and body["message"] == "Job created successfully", body
     job_id, devices = body["job_id"], []
     for i in range(n):
         status, body = c.call("POST", "/api/devices/register", {"job_id": job_id, "name": f"mac-{i}"})
@@ -114,6 +114,25 @@ SMALL_CNN = {
         {"type": "flatten"}, {"type": "linear", "out_features": 10}]},
     "dataset_config": {"name": "MNIST", "batch_size": 128, "val_batch_size": 500},
 }  # fmt: skip
+
+
+def test_a_model_too_costly_to_time_is_planned_by_its_flops_and_the_job_says_so(cluster):
+    """Two 1024-channel convolutions on 28x28: ~44 GFLOP a sample to train, far over what a worker
+    spends timing units (engine.unitcost's budget), so it refuses before building any, and the plan
+    counts FLOPs instead, with the reason in the job."""
+    wide_conv = {"type": "conv2d", "out_channels": 1024, "kernel_size": 3, "padding": 1}
+    job = {"model_config": {"layers": [wide_conv, {"type": "relu"}, wide_conv, {"type": "flatten"},
+                                       {"type": "linear", "out_features": 10}]},
+           "dataset_config": {"name": "MNIST", "batch_size": 16, "val_batch_size": 16}}  # fmt: skip
+    job_id, (device,) = _job_with_workers(cluster, 1, job)
+    started = time.monotonic()
+    init = _initialize(cluster, job_id)
+    assert time.monotonic() - started < 60  # refused at once, not timed out
+    assert [(s["device_id"], s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(device, 0, 5)]
+    record = cluster.call("GET", f"/api/jobs/{job_id}")[1]
+    assert record["cost_model"] == (
+        f"FLOPs: timing the units on device {device} would take too long or not fit its memory"
+    ), record["cost_model"]
 
 
 def test_a_cnn_trains_through_the_api(cluster):
