@@ -47,6 +47,27 @@ def test_messages_arrive_in_order_and_are_deleted_once_taken(r):
     assert not r.exists("t:fwd:1") and not r.exists(keys.credit("t:fwd:1"))
 
 
+def test_a_run_that_did_not_finish_leaves_no_stream_behind_whichever_end_closes_first(r):
+    """A stopped run: the receiver drops its stream, then its sender, not yet stopped, sends one more
+    entry, which makes the stream again. The sender's close drops it (the stream may live in a worker's
+    data Redis, which no run sweeps); a finished run's sender leaves its receiver's stream alone."""
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, liveness=liveness, who="stage 1")
+    tx.send({"i": b"0"}, "test")
+    assert rx.recv("test")[1][b"i"] == b"0"
+    rx.close()
+    tx.send({"i": b"1"}, "test")
+    tx.flush()
+    assert r.xlen("t:fwd:1") == 1  # made again, and would stay for keys.RUN_TTL_S
+    tx.close(drop=True)
+    assert not r.exists("t:fwd:1") and not r.exists(keys.credit("t:fwd:1"))
+    tx = Sender(r, "t:fwd:2", window=4, timeout_s=5, liveness=liveness, who="stage 1")
+    tx.send({"i": b"0"}, "test")
+    tx.close()
+    assert r.xlen("t:fwd:2") == 1
+
+
 def test_a_send_does_not_wait_for_redis_but_its_error_is_raised(r):
     """XADD replies are read later; an error Redis answered is not lost."""
     r.set("t:fwd:1", "not a stream")

@@ -197,12 +197,16 @@ class StageLinks:
         reason = f"{self.who}: the Redis of {key} stopped answering ({error}), and every stage still beats"
         raise type(error)(reason) from error
 
-    def close(self) -> None:
-        """Close every link; one that fails is logged, since the run's outcome is already decided."""
+    def close(self, finished: bool = True) -> None:
+        """Close every link; one that fails is logged, since the run's outcome is already decided.
+        A run that did not finish also drops the streams this stage sent into (``Sender.close``)."""
         for link in (self.fwd_out, self.bwd_out, self.fwd_in, self.bwd_in):
             if link is not None:
                 try:
-                    link.close()
+                    if isinstance(link, Sender):
+                        link.close(drop=not finished)
+                    else:
+                        link.close()
                 except Exception as e:  # noqa: BLE001
                     log.warning("%s: closing %s: %s: %s", self.who, link.key, type(e).__name__, e)
         for client in self._clients.values():

@@ -21,7 +21,7 @@ import torch
 from .. import keys
 from ..config import WIRE_CODECS, JobConfig
 from ..plan.partition import StageAssignment
-from ..wire import decode, encode
+from ..wire import decode, encode, encode_parts
 from .device import synchronize
 from .resp import Connection
 from .streams import data_client
@@ -102,7 +102,7 @@ def _codecs(shape: tuple[int, ...], device: torch.device) -> dict:
         data = encode(x, codec)
         out[wire] = {
             "bytes": len(data),
-            "encode_ms": round(_best_s(functools.partial(encode, x, codec)) * 1e3, 4),
+            "encode_ms": round(_best_s(functools.partial(encode_parts, x, codec)) * 1e3, 4),  # as links send
             "decode_ms": round(_best_s(functools.partial(_decode, data, device)) * 1e3, 4),
         }
     return out

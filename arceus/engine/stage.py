@@ -96,6 +96,7 @@ class StageRunner:
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
+        finished = False
         try:
             with self.liveness.heartbeat(self.stage, self.who):
                 sends = {} if self.last else {"wire": self.spec.wire(self.stage)}  # its link's, when "auto"
@@ -107,6 +108,7 @@ class StageRunner:
                 self._loop()
                 self.links.flush()
                 self._publish_weights()
+            finished = True
             self.events.emit("stage_done", stage=self.stage)
         except BaseException as e:
             reason = f"{self.who}: {type(e).__name__}: {e}"
@@ -115,7 +117,7 @@ class StageRunner:
             self.events.emit("error", stage=self.stage, reason=self.liveness.reason() or reason)
             raise
         finally:
-            self.links.close()
+            self.links.close(finished)
 
     def _messages(self) -> Iterator[Msg]:
         if self.first:

@@ -104,10 +104,16 @@ class Sender:
                     f"its receiver consumed none of the last {self.window} entries"
                 )
 
-    def close(self) -> None:
+    def close(self, drop: bool = False) -> None:
+        """``drop``: the run ended before its receiver took everything (a stop, a failure). The
+        stream and its credits go too: the receiver may have dropped them already, and an entry
+        sent after that would otherwise stay for ``RUN_TTL_S`` in a Redis no run sweeps."""
         try:
             if self.conn.is_connected:
                 self.flush()
+                if drop:
+                    self.conn.send(("DEL", self.key, self.credit_key))
+                    self.conn.read()
         finally:
             self.conn.disconnect()
 
