@@ -33,10 +33,6 @@ class StageAssignment:
     # The link to the next stage, once both ends measured it (``plan.wires``): its wire and why.
     link: dict | None = field(default=None, compare=False)
 
-    @property
-    def num_layers(self) -> int:
-        return self.end_layer - self.start_layer
-
     def to_dict(self) -> dict:
         return asdict(self)
 
