@@ -22,7 +22,7 @@ from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
 from ..settings import Settings
 from ..wire import decode, encode, encode_parts, raw_nbytes
-from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header
+from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header, small_labels
 from .metrics import StageMetrics
 from .streams import Receiver, Sender, data_client
 
@@ -165,7 +165,7 @@ class StageLinks:
             self.metrics.bytes_raw += raw_nbytes(x)
             self.metrics.bytes_wire += len(head) + len(body)
         if msg is not None and (msg.y is not None or msg.y_wire is not None):
-            fields["y"] = msg.y_wire if msg.y_wire is not None else encode(_small_labels(msg.y), "raw")
+            fields["y"] = msg.y_wire if msg.y_wire is not None else encode(small_labels(msg.y), "raw")
         t1 = time.perf_counter()
         self.metrics.codec_s += t1 - t0
         try:
@@ -211,10 +211,3 @@ class StageLinks:
                     log.warning("%s: closing %s: %s: %s", self.who, link.key, type(e).__name__, e)
         for client in self._clients.values():
             client.close()
-
-
-def _small_labels(y: torch.Tensor) -> torch.Tensor:
-    # Class ids fit a byte for up to 256 classes: 1 byte a sample on the wire instead of 8.
-    if y.dtype == torch.uint8:  # the training batches' already are (engine.source.prefetched)
-        return y
-    return y.to(torch.uint8) if len(y) and 0 <= int(y.min()) and int(y.max()) < 256 else y

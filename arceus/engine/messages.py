@@ -15,7 +15,7 @@ import torch
 from ..config import MAX_BATCH
 from ..errors import ProtocolError
 
-__all__ = ["BACKWARD_KINDS", "FORWARD_KINDS", "Msg", "encode_header", "parse_header"]
+__all__ = ["BACKWARD_KINDS", "FORWARD_KINDS", "Msg", "encode_header", "parse_header", "small_labels"]
 
 FORWARD_KINDS = ("train", "eval", "epoch_end", "eval_end", "checkpoint", "end")
 BACKWARD_KINDS = ("grad",)
@@ -67,3 +67,10 @@ def parse_header(raw: bytes | None, kinds: tuple[str, ...], where: str) -> dict:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1e9:
             raise ProtocolError(f"{where}: header field 'train_seconds' must be a number >= 0, got {s!r}")
     return h
+
+
+def small_labels(y: torch.Tensor) -> torch.Tensor:
+    """Class ids as they travel: a byte each when all fit one (up to 256 classes), instead of 8."""
+    if y.dtype == torch.uint8:
+        return y
+    return y.to(torch.uint8) if len(y) and 0 <= int(y.min()) and int(y.max()) < 256 else y

@@ -19,7 +19,7 @@ from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
 from ..settings import Settings
 from .data import Dataset, batch_indices, load_dataset, steps_per_epoch
-from .messages import Msg
+from .messages import Msg, small_labels
 
 __all__ = ["check_batchnorm_rows", "dataset_messages", "prefetched", "training_data"]
 
@@ -94,9 +94,7 @@ def prefetched(data: Dataset, batches: list[torch.Tensor]) -> Iterator[tuple[tor
 
     def gather(chunk: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         idx = torch.cat(chunk)
-        xs, ys = data.train_x[idx], data.train_y[idx]
-        if ys.dtype != torch.uint8 and len(ys) and 0 <= int(ys.min()) and int(ys.max()) < 256:
-            ys = ys.to(torch.uint8)  # ids as they travel (a byte each): cast here, not on the critical path
+        xs, ys = data.train_x[idx], small_labels(data.train_y[idx])  # cast here, off the critical path
         sizes = [len(b) for b in chunk]
         return list(zip(xs.split(sizes), ys.split(sizes), strict=True))
 
