@@ -41,7 +41,10 @@ def median_rate(epochs: list[dict]) -> float:
     return statistics.median(rates)
 
 
-def last_epoch_busy(epochs: list[dict], stages: list[dict]) -> list[float]:
-    """Each stage's utilization (busy / wall) in the run's last epoch, in stage order."""
-    last = [s for s in stages if s["epoch"] == epochs[-1]["epoch"]]
-    return [round(s["utilization"], 2) for s in sorted(last, key=lambda s: s["stage"])]
+def last_epoch_busy(epochs: list[dict], stages: list[dict], share: str = "utilization") -> list[float]:
+    """Each stage's utilization (busy / wall) in the run's last epoch, in stage order; or, with
+    ``share`` one of its seconds (``send_s``, ``wait_s``, ...), that part of its wall time."""
+    last = sorted((s for s in stages if s["epoch"] == epochs[-1]["epoch"]), key=lambda s: s["stage"])
+    if share == "utilization":
+        return [round(s["utilization"], 2) for s in last]
+    return [round(s[share] / s["wall_s"], 2) if s["wall_s"] > 0 else 0.0 for s in last]

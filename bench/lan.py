@@ -1,8 +1,8 @@
 """A LAN stand-in: one network namespace per host, each cabled to a switch (a bridge in its
 own namespace) by a veth pair whose two ends are rate-limited with tc tbf.
 
-    sudo python -m bench.lan [--stages 2] [--rates 100mbit 1gbit] [--model wide] [--wires auto int8 fp32]
-                             [--layouts central per-receiver] [--repeats 1]
+    sudo python -m bench.lan [--stages 2] [--rates 100mbit 1gbit] [--model wide|seed|gpt] [--wires auto int8 fp32]
+                             [--layouts central per-receiver] [--samples N] [--repeats 1]
                              [--torch-schedules gpipe 1f1b] [--torch-micro-batches 1 2 4 8]
 
 Host i (namespace arc-h<i>, 10.213.0.<i+1>) runs stage i; host D (one more) is the
@@ -16,6 +16,11 @@ count it accepts of those asked for; Arceus is compared with the best of them on
 read from the hosts' interface counters around each run. Needs root, iproute2, the bridge
 and the tbf qdisc; the namespaces are created and deleted here, and no address outside them
 is used. Every run is bounded by a timeout.
+
+Models: the MLPs (``wide``, ``seed``) train on a synthetic MNIST-format set of ``--samples``
+images (default 6,400); ``gpt`` is bench/models.py's char GPT (6 blocks, d_model 256, block
+128, batch 32, AdamW) on ``--samples`` blocks of the offline text stand-in (default 512). A
+GPT sample is one 128-token block.
 """
 
 from __future__ import annotations
@@ -35,14 +40,16 @@ from pathlib import Path
 from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
 from arceus.launch.redis_server import find_redis_server
 from arceus.plan import wires
-from arceus.plan.partition import plan
+from arceus.plan.partition import plan, units
 from arceus.plan.runspec import RunSpec
 from arceus.settings import Settings
 
 from .common import last_epoch_busy, median_rate, synthetic_mnist
+from .models import setup as model_setup
 from .torch_peer import TorchRefused, peer_config
 
-MODELS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
+MLPS = {"seed": [784, 128, 64, 10], "wide": [784, 2048, 2048, 2048, 10]}
+MODELS = [*MLPS, "gpt"]
 SWITCH, MAX_HOSTS = "arc-sw", 8
 REDIS_PORT, TORCH_PORT = 6390, 29517
 
@@ -112,8 +119,18 @@ def start_redis(i: int, password: str | None = None) -> subprocess.Popen:
                  stdout=subprocess.DEVNULL)  # fmt: skip
 
 
+def model_job(model: str, samples: int | None) -> tuple[JobConfig, TrainConfig, Path]:
+    """The job, its training options (schedule, M, wire and epochs set per run) and the data directory."""
+    if model == "gpt":
+        job, train, settings = model_setup("gpt", samples or 512)
+        return job, train, settings.data_dir
+    job = JobConfig(ModelConfig(tuple(MLPS[model])), DatasetConfig(name="MNIST", batch_size=256, val_batch_size=1000))
+    return job, TrainConfig(), synthetic_mnist(samples or 6400, 1000).data_dir
+
+
 def run_arceus(
-    sizes: list[int],
+    job: JobConfig,
+    base: TrainConfig,
     stages: int,
     wire: str,
     schedule: str,
@@ -135,9 +152,8 @@ def run_arceus(
             data_urls[s] = f"redis://:data-{s}@{host(s)[2]}:{REDIS_PORT}/0"
     time.sleep(0.5)
     try:
-        job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name="MNIST", batch_size=256, val_batch_size=1000))
         # One checkpoint, the run's last step: checkpoints go to the coordinator in every layout.
-        train = TrainConfig(epochs=epochs, micro_batches=m, wire=wire, schedule=schedule, checkpoint_every=10**7)
+        train = replace(base, epochs=epochs, micro_batches=m, wire=wire, schedule=schedule, checkpoint_every=10**7)
         spec = replace(RunSpec.new(job, train, stages), data_urls=tuple(data_urls))
         spec_file = tmp / f"spec-{spec.run_id}.json"
         spec_file.write_text(json.dumps(spec.to_dict()))
@@ -167,6 +183,7 @@ def run_arceus(
         stage_rows = [r for r in rows if r["type"] == "stage"]
         samples = sum(e["samples"] for e in epochs)
         return {"samples_per_s": median_rate(epochs), "busy": last_epoch_busy(epochs, stage_rows),
+                "sending": last_epoch_busy(epochs, stage_rows, "send_s"),
                 "links": [spec.wire(s) for s in range(stages - 1)],
                 "network_bytes_per_sample": sent / samples}  # fmt: skip
     finally:
@@ -175,9 +192,11 @@ def run_arceus(
             proc.wait(timeout=10)
 
 
-def run_torch(sizes: list[int], stages: int, schedule: str, m: int, steps: int, timeout_s: float) -> float:
-    job = JobConfig(ModelConfig(tuple(sizes)), DatasetConfig(name="digits"))
-    cfg = json.dumps(peer_config(job, plan(job.layers, stages), TrainConfig(), schedule, m, steps, warmup=2, threads=1))
+def run_torch(
+    job: JobConfig, train: TrainConfig, stages: int, schedule: str, m: int, steps: int, timeout_s: float
+) -> float:  # fmt: skip
+    """Samples/s of torch's pipelining, rank r on host r, on random inputs of the job's shape."""
+    cfg = json.dumps(peer_config(job, plan(job.layers, stages), train, schedule, m, steps, warmup=2, threads=1))
     ranks = []
     for r in range(stages):
         ns, dev, _ = host(r)
@@ -195,12 +214,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--stages", type=int, default=2)
     p.add_argument("--rates", nargs="+", default=["100mbit", "1gbit"])
-    p.add_argument("--model", choices=list(MODELS), default="wide")
+    p.add_argument("--model", choices=MODELS, default="wide")
     p.add_argument("--wires", nargs="+", default=["auto", "int8", "fp32"], help="auto: each link's measured choice")
     p.add_argument("--schedule", default="1f1b")
     p.add_argument("--micro-batches", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--samples", type=int, default=6400, help="training samples an epoch (synthetic MNIST)")
+    p.add_argument("--samples", type=int, help="training samples an epoch (default: 6400 images, 512 GPT blocks)")
     p.add_argument("--torch-steps", type=int, default=12)
     p.add_argument("--torch-schedules", nargs="+", default=["gpipe", "1f1b"])
     p.add_argument("--torch-micro-batches", nargs="+", type=int, default=[1, 2, 4, 8])
@@ -211,11 +230,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still delete the namespaces
     if os.geteuid() != 0:
         sys.exit("bench.lan creates network namespaces: run it as root")
-    sizes = MODELS[args.model]
-    if not 2 <= args.stages <= min(MAX_HOSTS - 1, len(sizes) - 1):
-        sys.exit(f"--stages must be in [2, {min(MAX_HOSTS - 1, len(sizes) - 1)}] for this model")
+    job, base, data_dir = model_job(args.model, args.samples)
+    most = min(MAX_HOSTS - 1, len(units(job.layers)))
+    if not 2 <= args.stages <= most:
+        sys.exit(f"--stages must be in [2, {most}] for this model")
+    batch = job.dataset.batch_size
     rows = []
-    data_dir = synthetic_mnist(args.samples, 1000).data_dir
     try:
         with tempfile.TemporaryDirectory(prefix="arceus-lan-") as tmp:
             for rep in range(args.repeats):
@@ -225,16 +245,16 @@ def main() -> None:
                         for m in args.torch_micro_batches:
                             sent = wire_bytes(args.stages + 1)
                             try:
-                                t = run_torch(sizes, args.stages, sched, m, args.torch_steps, args.timeout)
+                                t = run_torch(job, base, args.stages, sched, m, args.torch_steps, args.timeout)
                             except TorchRefused:
                                 continue
-                            per_sample = (wire_bytes(args.stages + 1) - sent) / ((args.torch_steps + 2) * 256)
+                            per_sample = (wire_bytes(args.stages + 1) - sent) / ((args.torch_steps + 2) * batch)
                             rows.append({"rate": rate, "case": f"torch {sched} M={m}", "rep": rep, "samples_per_s": t,
                                          "network_bytes_per_sample": per_sample})  # fmt: skip
                             print(json.dumps(rows[-1]), flush=True)
                     for layout in args.layouts:
                         for wire in args.wires:
-                            r = run_arceus(sizes, args.stages, wire, args.schedule, args.micro_batches, args.epochs,
+                            r = run_arceus(job, base, args.stages, wire, args.schedule, args.micro_batches, args.epochs,
                                            Path(tmp), args.timeout, layout, data_dir)  # fmt: skip
                             rows.append({"rate": rate, "case": f"arceus {wire} {layout}", "rep": rep, **r})
                             print(json.dumps(rows[-1]), flush=True)
@@ -244,7 +264,7 @@ def main() -> None:
     med: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         med.setdefault((row["rate"], row["case"]), []).append(row)
-    print(f"\n{'-'.join(map(str, sizes))}, {args.stages} stages, arceus {args.schedule} M={args.micro_batches}, "
+    print(f"\n{args.model}, {args.stages} stages, arceus {args.schedule} M={args.micro_batches}, "
           f"{args.repeats} repeat(s); network bytes: all hosts' cables, per training sample")  # fmt: skip
     rate_of = {key: statistics.median(r["samples_per_s"] for r in got) for key, got in med.items()}
     best = {}  # link rate -> (samples/s, case) of torch's fastest configuration on it
