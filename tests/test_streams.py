@@ -78,6 +78,46 @@ def test_a_send_does_not_wait_for_redis_but_its_error_is_raised(r):
     tx.close()
 
 
+def test_credits_come_back_with_the_sends_so_a_sender_kept_up_with_never_blocks_for_them(r):
+    """Once half its window is used, a sender asks for its credits along with its next XADD and
+    counts them when that reply is read; it waits for credits (BLPOP) only when it has none."""
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, liveness=liveness, who="stage 1")
+    r.config_resetstat()
+    for i in range(40):
+        tx.send({"i": str(i).encode()}, "test")
+        assert rx.recv("test")[1][b"i"] == str(i).encode()
+        tx.flush(wait=False)
+    tx.flush()
+    stats = r.info("commandstats")
+    assert "cmdstat_blpop" not in stats
+    assert stats["cmdstat_lpop"]["calls"] >= 40 // 4
+    tx.close()
+    rx.close()
+
+
+def test_a_sender_collects_the_replies_already_in_without_waiting_for_the_others(r):
+    """``flush(wait=False)``, what a stage does before each receive, reads only the replies that
+    have come in: on a slow link an XADD is answered once its payload is across, and waiting for
+    that would hold the stage up for the transfer. ``flush()`` waits for them all."""
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=_liveness(r), who="stage 0")
+    tx.send({"i": b"0"}, "test")
+    tx.flush()
+    r.execute_command("CLIENT", "PAUSE", 600, "WRITE")  # Redis holds writes, as a slow link would
+    try:
+        t0 = time.monotonic()
+        tx.send({"i": b"1"}, "test")
+        tx.flush(wait=False)
+        assert time.monotonic() - t0 < 0.3
+        tx.flush()
+        assert time.monotonic() - t0 > 0.4
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    assert r.xlen("t:fwd:1") == 2
+    tx.close()
+
+
 def test_a_read_ahead_that_times_out_is_asked_again(r):
     """The read of the next entry is in flight while the caller works; if it outlasts a
     poll (``POLL_S``) empty, the next ``recv`` asks again and still gets the entry."""

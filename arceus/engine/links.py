@@ -92,7 +92,7 @@ class StageLinks:
 
     def _receive(self, rx: Receiver, kinds: tuple[str, ...], what: str) -> Msg:
         t0 = time.perf_counter()
-        self.flush()
+        self.flush(wait=False)
         try:
             entry_id, fields = rx.recv(what)
         except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -175,13 +175,15 @@ class StageLinks:
         self.metrics.send_s += time.perf_counter() - t1
         self.metrics.messages += 1
 
-    def flush(self) -> None:
-        """Collect Redis's answers to our sends (before waiting on a neighbour, and at the end):
-        an XADD Redis refused (out of memory, ...) fails the run now, not as a timeout elsewhere."""
+    def flush(self, wait: bool = True) -> None:
+        """Collect Redis's answers to our sends: those already here before each receive (a reply
+        comes once its payload is across; waiting for it there would hold the stage up for the
+        transfer), all of them at the end. An XADD Redis refused (out of memory, ...) fails the
+        run then, not as a timeout elsewhere."""
         for tx in (self.fwd_out, self.bwd_out):
             if tx is not None:
                 try:
-                    tx.flush()
+                    tx.flush(wait)
                 except (redis.ConnectionError, redis.TimeoutError) as e:
                     self._link_lost(tx.key, e)
 

@@ -17,6 +17,7 @@ an error reply raises ``redis.ResponseError`` (or redis-py's subclass for it: LO
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 
@@ -95,6 +96,16 @@ class Connection:
             raise
 
     # ----------------------------------------------------------------- reading
+    def has_reply(self) -> bool:
+        """Whether ``read`` will not wait for Redis to answer: a reply has (begun to) come in, or
+        the connection is closed (``read`` raises)."""
+        sock = self._sock
+        if sock is None or self._end > self._start:
+            return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted already, unseen by select
+            return True
+        return bool(select.select([sock], [], [], 0)[0])
+
     def read(self) -> object:
         """The next reply: bytes (bytearray for a large bulk string), int, None, or a list of
         these. An error reply raises (``redis.ResponseError``, or the subclass redis-py would) once

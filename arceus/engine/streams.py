@@ -20,6 +20,7 @@ second, and fails with ``StageTimeout`` naming the stage and what it waited for.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import redis
 
@@ -51,9 +52,11 @@ def _xadd(key: str, fields: dict[str, Field]) -> tuple:
 
 class Sender:
     """Appends entries to a stream without waiting for Redis: each XADD is written to the
-    socket and its reply read later (at most ``window`` are outstanding), so a stage goes on
-    computing while its message travels. Blocks only when its receiver holds ``window``
-    unconsumed entries (back-pressure)."""
+    socket and its reply read later, so a stage goes on computing while its message travels
+    (on a slow link, the reply comes only once the whole payload is across). Credits come
+    back the same way: once half the window is used, an LPOP of the credits goes out with
+    the next XADD and is counted when its reply is read. A send blocks only when its receiver
+    holds ``window`` unconsumed entries (back-pressure)."""
 
     def __init__(
         self, r: redis.Redis, key: str, window: int, timeout_s: float, liveness: RunLiveness, who: str
@@ -64,7 +67,9 @@ class Sender:
         self.window, self.timeout_s, self.liveness, self.who = window, timeout_s, liveness, who
         self.conn = Connection(r)
         self._credits = window
-        self._unread = 0  # XADD replies not read yet
+        # Replies not read yet, in order: True for an LPOP of credits, False for the rest.
+        self._pending: deque[bool] = deque()
+        self._asking = False  # an LPOP of credits is among them
 
     def send(self, fields: dict[str, Field], what: str) -> None:
         if self._credits == 0:
@@ -72,25 +77,33 @@ class Sender:
         self._credits -= 1
         # The expiry goes with each entry: a stream its receiver already dropped (a run that
         # failed) and a late entry recreated does not outlive the run, in any Redis.
-        self.conn.send(_xadd(self.key, fields), ("EXPIRE", self.key, keys.RUN_TTL_S))
-        self._unread += 2
-        if self._unread >= 2 * self.window:
-            self.flush()
+        cmds = [_xadd(self.key, fields), ("EXPIRE", self.key, keys.RUN_TTL_S)]
+        if not self._asking and self._credits <= self.window // 2:
+            cmds.append(("LPOP", self.credit_key, self.window))
+            self._asking = True
+        self.conn.send(*cmds)
+        self._pending.extend(c[0] == "LPOP" for c in cmds)
+        if len(self._pending) >= 3 * self.window:  # bounds what is owed, waiting for the oldest only
+            self.flush(keep=self.window)
 
-    def flush(self) -> None:
-        """Read the replies of the XADDs in flight; raises the error Redis answered, if any."""
-        while self._unread:
-            self._unread -= 1
+    def flush(self, wait: bool = True, keep: int = 0) -> None:
+        """Read the replies of the commands in flight, all but the last ``keep`` (``wait=False``:
+        only those already here); raises the error Redis answered, if any."""
+        while len(self._pending) > keep and (wait or self.conn.has_reply()):
+            credits = self._pending.popleft()
+            self._asking = self._asking and not credits
             try:
-                self.conn.read()
+                reply = self.conn.read()
             except (redis.ConnectionError, redis.TimeoutError):
-                self._unread = 0  # the connection is gone, and the replies with it
+                self._pending.clear()  # the connection is gone, and the replies with it
                 raise
+            if credits:
+                self._credits += len(reply or [])
 
     def _wait_for_credit(self, what: str) -> None:
         self.flush()
         deadline = time.monotonic() + self.timeout_s
-        while True:
+        while self._credits == 0:
             left = deadline - time.monotonic()
             self.conn.send(("BLPOP", self.credit_key, f"{max(0.01, min(POLL_S, left)):.3f}"))
             if self.conn.read():
