@@ -69,7 +69,6 @@ class Sender:
         self._credits = window
         # Replies not read yet, in order: True for an LPOP of credits, False for the rest.
         self._pending: deque[bool] = deque()
-        self._asking = False  # an LPOP of credits is among them
 
     def send(self, fields: dict[str, Field], what: str) -> None:
         if self._credits == 0:
@@ -78,9 +77,8 @@ class Sender:
         # The expiry goes with each entry: a stream its receiver already dropped (a run that
         # failed) and a late entry recreated does not outlive the run, in any Redis.
         cmds = [_xadd(self.key, fields), ("EXPIRE", self.key, keys.RUN_TTL_S)]
-        if not self._asking and self._credits <= self.window // 2:
+        if self._credits <= self.window // 2 and True not in self._pending:  # none asked for yet
             cmds.append(("LPOP", self.credit_key, self.window))
-            self._asking = True
         self.conn.send(*cmds)
         self._pending.extend(c[0] == "LPOP" for c in cmds)
         if len(self._pending) >= 3 * self.window:  # bounds what is owed, waiting for the oldest only
@@ -91,7 +89,6 @@ class Sender:
         only those already here); raises the error Redis answered, if any."""
         while len(self._pending) > keep and (wait or self.conn.has_reply()):
             credits = self._pending.popleft()
-            self._asking = self._asking and not credits
             try:
                 reply = self.conn.read()
             except (redis.ConnectionError, redis.TimeoutError):
