@@ -2,7 +2,7 @@
 own namespace) by a veth pair whose two ends are rate-limited with tc tbf.
 
     sudo python -m bench.lan [--stages 2] [--rates 100mbit 1gbit] [--model wide|seed|gpt] [--wires auto int8 fp32]
-                             [--layouts central per-receiver] [--samples N] [--repeats 1]
+                             [--layouts central per-receiver] [--micro-batches 4 8] [--samples N] [--repeats 1]
                              [--torch-schedules gpipe 1f1b] [--torch-micro-batches 1 2 4 8]
 
 Host i (namespace arc-h<i>, 10.213.0.<i+1>) runs stage i; host D (one more) is the
@@ -217,7 +217,7 @@ def main() -> None:
     p.add_argument("--model", choices=MODELS, default="wide")
     p.add_argument("--wires", nargs="+", default=["auto", "int8", "fp32"], help="auto: each link's measured choice")
     p.add_argument("--schedule", default="1f1b")
-    p.add_argument("--micro-batches", type=int, default=4)
+    p.add_argument("--micro-batches", nargs="+", type=int, default=[4], help="Arceus's; each is a case")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--samples", type=int, help="training samples an epoch (default: 6400 images, 512 GPT blocks)")
     p.add_argument("--torch-steps", type=int, default=12)
@@ -252,26 +252,28 @@ def main() -> None:
                             rows.append({"rate": rate, "case": f"torch {sched} M={m}", "rep": rep, "samples_per_s": t,
                                          "network_bytes_per_sample": per_sample})  # fmt: skip
                             print(json.dumps(rows[-1]), flush=True)
-                    for layout in args.layouts:
-                        for wire in args.wires:
-                            r = run_arceus(job, base, args.stages, wire, args.schedule, args.micro_batches, args.epochs,
-                                           Path(tmp), args.timeout, layout, data_dir)  # fmt: skip
-                            rows.append({"rate": rate, "case": f"arceus {wire} {layout}", "rep": rep, **r})
-                            print(json.dumps(rows[-1]), flush=True)
+                    for m in args.micro_batches:
+                        for layout in args.layouts:
+                            for wire in args.wires:
+                                r = run_arceus(job, base, args.stages, wire, args.schedule, m, args.epochs, Path(tmp),
+                                               args.timeout, layout, data_dir)  # fmt: skip
+                                case = f"arceus M={m} {wire} {layout}"
+                                rows.append({"rate": rate, "case": case, "rep": rep, **r})
+                                print(json.dumps(rows[-1]), flush=True)
     finally:
         delete_lan()
     print(json.dumps(rows, indent=1))
     med: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         med.setdefault((row["rate"], row["case"]), []).append(row)
-    print(f"\n{args.model}, {args.stages} stages, arceus {args.schedule} M={args.micro_batches}, "
+    print(f"\n{args.model}, {args.stages} stages, arceus {args.schedule}, "
           f"{args.repeats} repeat(s); network bytes: all hosts' cables, per training sample")  # fmt: skip
     rate_of = {key: statistics.median(r["samples_per_s"] for r in got) for key, got in med.items()}
     best = {}  # link rate -> (samples/s, case) of torch's fastest configuration on it
     for (rate, case), value in rate_of.items():
         if case.startswith("torch") and value > best.get(rate, (0.0, ""))[0]:
             best[rate] = (value, case)
-    print(f"{'link':8s} {'case':28s} {'samples/s':>10s} {'vs torch best':>13s} {'vs central':>10s} {'KB/sample':>10s}")
+    print(f"{'link':8s} {'case':34s} {'samples/s':>10s} {'vs torch best':>13s} {'vs central':>10s} {'KB/sample':>10s}")
     for (rate, case), got in med.items():
         value = rate_of[(rate, case)]
         kb = statistics.median(r["network_bytes_per_sample"] for r in got) / 1e3
@@ -280,7 +282,7 @@ def main() -> None:
         vs_central = ""
         if case.endswith("per-receiver") and central:
             vs_central = f"{value / statistics.median(r['samples_per_s'] for r in central):10.2f}"
-        print(f"{rate:8s} {case:28s} {value:10,.0f} {vs_torch:>13s} {vs_central:>10s} {kb:10.1f}")
+        print(f"{rate:8s} {case:34s} {value:10,.0f} {vs_torch:>13s} {vs_central:>10s} {kb:10.1f}")
     for rate, (value, case) in best.items():
         print(f"{rate}: torch's best is {case} ({value:,.0f} samples/s)")
     for row in rows:
