@@ -40,6 +40,9 @@ class Settings:
     # Seconds a stage waits for a neighbour's message before failing with StageTimeout.
     # Generous because a neighbour may still be loading torch or its dataset.
     recv_timeout_s: float = field(default=120.0, metadata={"env": "ARCEUS_RECV_TIMEOUT"})
+    # Seconds a Redis call of a stage or worker may make no progress before it fails: the Redis may
+    # be on a machine that vanished without closing anything (asleep, unplugged, rebooted).
+    socket_timeout_s: float = field(default=30.0, metadata={"env": "ARCEUS_SOCKET_TIMEOUT"})
     # Unconsumed entries allowed per stream; bounds Redis memory (see docs/wire.md).
     stream_window: int = field(default=8, metadata={"env": "ARCEUS_STREAM_WINDOW"})
     # Largest tensor (in elements) a payload may declare; bounds what a decode allocates.

@@ -4,6 +4,11 @@ the runs it was following, and a Redis restart mid-run never leaves a job traini
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -126,3 +131,30 @@ def test_restarting_redis_mid_run_never_leaves_the_job_training(tmp_path):
         leftover = [k.decode() for k in r.scan_iter(match=f"{keys.job(job_id)}:run:*:fwd:*")]
         assert not leftover  # a finished run's streams go
         print("recoveries:", job["recoveries"])
+
+
+def test_a_redis_that_stops_answering_ends_the_run_with_an_error_naming_it(tmp_path):
+    """A Redis whose machine vanished (asleep, unplugged) closes no connection: every call on it would
+    wait forever. A stopped process stands in for it; the run ends, and says why, while it is still
+    stopped."""
+    write_mnist(tmp_path / "data", n_train=6000, n_val=500)
+    with EmbeddedRedis(binary=Settings.from_env().redis_server) as server:
+        env = {**os.environ, "ARCEUS_REDIS_URL": server.url, "ARCEUS_SOCKET_TIMEOUT": "2", "PYTHONUNBUFFERED": "1",
+               "ARCEUS_DATA_DIR": str(tmp_path / "data"), "ARCEUS_HOME": str(tmp_path / "home")}  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "arceus.cli", "train", "--epochs", "50", "--wire", "fp32"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            for line in proc.stdout:
+                if line.startswith("epoch"):  # training: every stage is talking to Redis
+                    break
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            _, err = proc.communicate(timeout=90)
+            seconds = time.monotonic() - t0
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+            proc.kill()
+    print(f"arceus train ended {seconds:.1f}s after its Redis stopped answering")
+    assert proc.returncode == 2, err
+    assert f"error: lost the run's Redis at 127.0.0.1:{server.port}: TimeoutError" in err, err
+    assert re.search(r"stage \d: ERROR .*Timeout", err), err  # a stage gave up by itself, not killed

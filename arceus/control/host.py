@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import socket
 
-import redis
-
 from .. import keys
 from ..config import JobConfig
 from ..engine.device import pick_device
@@ -20,6 +18,7 @@ from ..engine.probe import measure
 from ..engine.source import training_data
 from ..engine.stage import StageRunner
 from ..engine.state import load_restore, optimizer_state
+from ..engine.streams import run_client
 from ..errors import ArceusError, Conflict, RunAborted
 from ..liveness import RunLiveness
 from ..plan.partition import StageAssignment
@@ -38,7 +37,7 @@ class ShardHost:
         self.shards: dict[str, Shard] = {}
         # Optimizer state by job, where its last run (or the checkpoint it was loaded from) left it.
         self.optimizers: dict[str, dict | None] = {}
-        self.r = redis.Redis.from_url(redis_url)
+        self.r = run_client(redis_url, settings.socket_timeout_s)
         self.store = JobStore(self.r)
         self.running: dict[int, RunSpec] = {}  # stage -> the run it is in, while a run_stage task runs
 
@@ -69,7 +68,7 @@ class ShardHost:
         params = sum(p.numel() for p in module.parameters())
         log.info("job %s: holding layers [%d, %d) (%d parameters)", job_id, plan.start_layer, plan.end_layer, params)
         # What its links cost from here, for the API to pick each link's wire (plan.wires).
-        link = measure(self.r, job_id, job, plan, device, data_urls)
+        link = measure(self.r, job_id, job, plan, device, data_urls, self.settings.socket_timeout_s)
         return {"device_id": device_id, "stage": plan.stage, "start_layer": plan.start_layer,
                 "end_layer": plan.end_layer, "parameters": params, "torch_device": str(device),
                 "link": link}  # fmt: skip

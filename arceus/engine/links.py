@@ -24,7 +24,7 @@ from ..settings import Settings
 from ..wire import decode, encode, encode_parts, raw_nbytes
 from .messages import BACKWARD_KINDS, FORWARD_KINDS, Msg, encode_header, parse_header, small_labels
 from .metrics import StageMetrics
-from .streams import Receiver, Sender, data_client
+from .streams import Receiver, Sender, run_client
 
 __all__ = ["StageLinks"]
 
@@ -59,7 +59,7 @@ class StageLinks:
 
         def into(s: int) -> redis.Redis:
             url = spec.data_url(s)
-            return r if url is None else self._clients.setdefault(url, data_client(url))
+            return r if url is None else self._clients.setdefault(url, run_client(url, settings.socket_timeout_s))
 
         self.fwd_in = None if first else Receiver(into(stage), run.fwd(stage), t, liveness, who)
         self.bwd_in = None if last else Receiver(into(stage), run.bwd(stage), t, liveness, who)

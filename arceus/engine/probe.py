@@ -21,10 +21,11 @@ import torch
 from .. import keys
 from ..config import WIRE_CODECS, JobConfig
 from ..plan.partition import StageAssignment
+from ..settings import Settings
 from ..wire import decode, encode, encode_parts
 from .device import synchronize
 from .resp import Connection
-from .streams import data_client
+from .streams import run_client
 
 __all__ = ["PROBE_MAX_BYTES", "measure"]
 
@@ -41,6 +42,7 @@ def measure(
     shard: StageAssignment,
     device: torch.device,
     data_urls: Sequence[str | None] = (),
+    socket_timeout_s: float = Settings.socket_timeout_s,
 ) -> dict:
     """The stage's report. The streams it reads live in its data Redis (``data_urls[stage]``) and
     those it writes in its neighbours', where they have one, else in ``r``: one Redis for all in
@@ -70,7 +72,7 @@ def measure(
     for name, stage in where.items():
         url = data_urls[stage] if stage < len(data_urls) else None
         if url not in legs:
-            client = r if url is None else data_client(url)
+            client = r if url is None else run_client(url, socket_timeout_s)
             try:
                 legs[url] = _leg(client, job_id, shard.stage, nbytes)
             finally:

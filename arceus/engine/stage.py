@@ -11,6 +11,7 @@ computes the loss and accuracy and writes the epoch metrics.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ from .source import check_batchnorm_rows, dataset_messages, training_data
 from .state import encode_part, load_optimizer_state
 
 __all__ = ["StageRunner"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,9 +115,12 @@ class StageRunner:
             self.events.emit("stage_done", stage=self.stage)
         except BaseException as e:
             reason = f"{self.who}: {type(e).__name__}: {e}"
-            if not isinstance(e, RunAborted):  # an abort's reason is already the first cause
-                self.liveness.abort(reason)
-            self.events.emit("error", stage=self.stage, reason=self.liveness.reason() or reason)
+            try:
+                if not isinstance(e, RunAborted):  # an abort's reason is already the first cause
+                    self.liveness.abort(reason)
+                self.events.emit("error", stage=self.stage, reason=self.liveness.reason() or reason)
+            except redis.RedisError as lost:  # the run's Redis is gone too: the error is still this one
+                log.warning("%s: could not report %s: %s: %s", self.who, reason, type(lost).__name__, lost)
             raise
         finally:
             self.links.close(finished)

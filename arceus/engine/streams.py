@@ -31,18 +31,19 @@ from .resp import Buffer, Connection
 
 Field = bytes | tuple[Buffer, ...]  # an entry's field value: bytes, or bytes in pieces (a payload)
 
-__all__ = ["POLL_S", "Receiver", "Sender", "data_client"]
+__all__ = ["POLL_S", "Receiver", "Sender", "run_client"]
 
 POLL_S = 1.0  # longest single blocking call; bounds how late an abort is noticed
-# A neighbour's data Redis is on another machine, which may vanish without closing anything: a
-# socket op that makes no progress this long fails (and the stage asks liveness why), instead of
-# waiting for the kernel to give the connection up. Long enough for a large payload on a slow link.
-DATA_SOCKET_TIMEOUT_S = 30.0
 
 
-def data_client(url: str) -> redis.Redis:
-    """A client of a stage's data Redis (``RunSpec.data_urls``)."""
-    return redis.Redis.from_url(url, socket_timeout=DATA_SOCKET_TIMEOUT_S, socket_connect_timeout=5,
+def run_client(url: str, socket_timeout_s: float) -> redis.Redis:
+    """A client of a Redis a stage or a worker uses in a run: the run's own (on the coordinator) or
+    a stage's data Redis (``RunSpec.data_urls``). Either may be on a machine that vanishes without
+    closing anything: a socket operation that makes no progress for ``socket_timeout_s``
+    (``Settings.socket_timeout_s``) fails, and the stage reports it, instead of waiting for the
+    kernel to give the connection up, which without keepalive it never does. Every blocking
+    command blocks at most ``POLL_S``, well inside it."""
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=5,
                                 socket_keepalive=True)  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 import redis
 import torch
@@ -27,6 +28,7 @@ from ..engine.model import Shard, build_shard
 from ..engine.probe import measure
 from ..engine.stage import StageRunner
 from ..engine.state import load_restore
+from ..engine.streams import run_client
 from ..errors import ConfigError, RunFailed
 from ..events import EventLog
 from ..liveness import RunLiveness
@@ -61,7 +63,7 @@ def run_stage(spec_dict: dict, stage: int, redis_url: str, settings: Settings) -
     if settings.threads:
         torch.set_num_threads(settings.threads)
     spec = RunSpec.from_dict(spec_dict)
-    r = redis.Redis.from_url(redis_url)
+    r = run_client(redis_url, settings.socket_timeout_s)
     try:
         try:
             model, optimizer_state = _restored(r, spec, stage) if spec.start_step else (None, None)
@@ -82,7 +84,7 @@ def _restored(r: redis.Redis, spec: RunSpec, stage: int) -> tuple[Shard, dict]:
     return model.to(pick_device(spec.device_for(stage))), optimizer_state
 
 
-def _with_links(spec: RunSpec, r: redis.Redis, threads: int) -> RunSpec:
+def _with_links(spec: RunSpec, r: redis.Redis, threads: int, socket_timeout_s: float) -> RunSpec:
     """With ``wire="auto"``, each link's wire (``plan.wires``) from a probe of every stage taken
     here, as the stages will run: on this machine, with their threads, through this Redis."""
     if spec.train.wire != "auto" or spec.num_stages < 2:
@@ -90,8 +92,8 @@ def _with_links(spec: RunSpec, r: redis.Redis, threads: int) -> RunSpec:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        reports = [measure(r, spec.job_id, spec.job, s, pick_device(spec.device_for(s.stage)), spec.data_urls)
-                   for s in spec.stages]  # fmt: skip
+        reports = [measure(r, spec.job_id, spec.job, s, pick_device(spec.device_for(s.stage)), spec.data_urls,
+                           socket_timeout_s) for s in spec.stages]  # fmt: skip
     finally:
         torch.set_num_threads(before)
     return replace(spec, stages=tuple(wires.choose(spec.stages, reports)))
@@ -142,9 +144,9 @@ def train_local(
     # Each stage gets its share of the cores; oversubscribing a small machine costs more than it gives.
     threads = threads or max(1, (os.cpu_count() or 1) // num_stages)
     stage_settings = replace(settings, threads=threads)
-    r = redis.Redis.from_url(redis_url)
+    r = run_client(redis_url, settings.socket_timeout_s)
     try:
-        spec = _with_links(spec, r, threads)
+        spec = _with_links(spec, r, threads, settings.socket_timeout_s)
     except BaseException:
         r.close()
         raise
@@ -163,7 +165,7 @@ def train_local(
         )  # fmt: skip
         for s in range(num_stages)
     ]
-    result, done, last = RunResult(spec), set(), b"0-0"
+    result, done, last, lost = RunResult(spec), set(), b"0-0", False
     t0 = time.perf_counter()
     try:
         for p in procs:
@@ -192,6 +194,10 @@ def train_local(
         if keep_weights:
             result.weights = read_weights(r, spec)
         return result
+    except redis.RedisError as e:  # the run's Redis: nothing to tell the stages through, and they find out too
+        lost = True
+        where = f"{urlsplit(redis_url).hostname}:{urlsplit(redis_url).port}"
+        raise RunFailed(f"lost the run's Redis at {where}: {type(e).__name__}: {e}") from e
     except BaseException as e:
         liveness.abort(f"run stopped: {type(e).__name__}: {e}")
         raise
@@ -201,8 +207,9 @@ def train_local(
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
-        _cleanup(r, spec.keys)
-        r.delete(*[keys.restore(spec.job_id, s) for s in range(num_stages)])
+        if not lost:
+            _cleanup(r, spec.keys)
+            r.delete(*[keys.restore(spec.job_id, s) for s in range(num_stages)])
         r.close()
 
 
