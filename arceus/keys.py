@@ -103,6 +103,12 @@ def device_beat(device_id: str) -> str:
     return f"{device(device_id)}:beat"
 
 
+def device_deleted(device_id: str) -> str:
+    """String for a day: the device was deleted through the API, so its worker's heartbeat must not
+    register it again (``control.devices.DeviceBeat``)."""
+    return f"{device(device_id)}:deleted"
+
+
 def queue_for(device_id: str) -> str:
     """The Celery queue device ID's worker serves (``celery -A workers worker -Q device-ID``).
     Ids are random, never sequential: a Redis that lost its data gives no id, and so no queue,
@@ -199,6 +205,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (PLAN_LOCK, "string", "the lock on choosing devices"),
     (device("*"), "string", "a device's JSON record"),
     (device_beat("*"), "string", "a device's lease (its worker's heartbeat)"),
+    (device_deleted("*"), "string", "a device deleted through the API, which its worker must not register again"),
     (TERAFLOPS, "list", "per-stage TFLOP/s of finished runs"),
     (queue_for("*"), "list", "a device's Celery queue"),
     (DEFAULT_QUEUE, "list", "Celery's default queue"),

@@ -409,7 +409,7 @@ def test_openapi_document_describes_the_responses(cluster):
 def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
     job_id, devices = _job_with_workers(cluster, 2)
     _initialize(cluster, job_id)
-    # The machine goes (a running worker would register its device again at its next heartbeat).
+    # The machine goes: its worker stops and its device is deleted.
     cluster.kill(f"worker-{devices[1]}", signal.SIGTERM)
     assert cluster.call("DELETE", f"/api/devices/{devices[1]}")[0] == 200
     job = cluster.call("GET", f"/api/jobs/{job_id}")[1]

@@ -194,8 +194,8 @@ def test_through_the_api_a_job_resumes_on_fewer_devices_and_exports_what_it_repo
     assert job["step"] == 12 and [c["step"] for c in job["checkpoints"]] == [6, 12]
     assert job["checkpoints"][-1]["metrics"]["epoch"] == 2
 
-    # One Mac leaves (its worker stops: a running worker would register its device again at its
-    # next heartbeat): the plan is void; the checkpoint is split again over the two left.
+    # One Mac leaves (its worker stops, its device is deleted): the plan is void; the checkpoint is
+    # split again over the two left.
     cluster.kill(f"worker-{devices[2]}", signal.SIGTERM)
     cluster.ok("DELETE", f"/api/devices/{devices[2]}")
     init = cluster.ok("POST", f"/api/network/initialize/{job_id}", {"checkpoint": "latest"})

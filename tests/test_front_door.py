@@ -21,6 +21,7 @@ from cluster import ROOT, SMALL, Cluster
 from conftest import write_mnist
 
 from arceus.control.client import ApiClient
+from arceus.control.devices import BEAT_S
 from arceus.launch.redis_server import EmbeddedRedis
 
 
@@ -343,3 +344,15 @@ def test_a_recovery_takes_as_many_free_devices_as_the_model_can_use(cluster):
     assert job["status"] == "completed", job["error"]
     (rec,) = job["recoveries"]
     assert rec["device_lost"] == devices[0] and len(rec["devices"]) == 2 and devices[0] not in rec["devices"]
+
+
+def test_a_device_deleted_while_its_worker_runs_stays_deleted(cluster):
+    a, b = cluster.join("mac-a", "mac-b")
+    assert cluster.ok("DELETE", f"/api/devices/{a}")["device_id"] == a
+    time.sleep(3 * BEAT_S)  # its worker beats meanwhile: it must not register the device again
+    assert cluster.call("GET", f"/api/devices/{a}")[0] == 404
+    assert [d["device_id"] for d in cluster.ok("GET", "/api/devices")["devices"]] == [b]
+    assert f"device {a} was deleted through the API" in (cluster.logs / "device-mac-a.log").read_text()
+    job_id = cluster.ok("POST", "/api/jobs", SMALL)["job_id"]
+    init = cluster.ok("POST", f"/api/network/initialize/{job_id}")  # the free live devices: b alone
+    assert [s["device_id"] for s in init["plan"]] == [b]

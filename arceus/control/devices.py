@@ -6,6 +6,7 @@ its data), an optional unique name, and a lease: ``keys.device_beat``, renewed e
 by ``workers/celery.py``). A device whose lease ran out drops out of planning by itself; a
 worker that registers again under its name takes its id back. Registration and name
 uniqueness are one Lua script, so twenty parallel registrations of a name make one device.
+A device deleted through the API stays deleted: its worker stops holding its lease.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ WORKER_FIELDS = ("gflops", "free_memory_gb", "data_url")
 BEAT_S = 2.0  # a worker renews its devices' leases this often
 LEASE_S = 10.0  # a device unheard of this long is not live: planning skips it, its name is free again
 REGISTERED = b"registered"  # the lease a registration holds until its worker first beats
+DELETED_TTL_S = 24 * 3600  # how long a deleted device's worker is told so (keys.device_deleted)
 
 _ID = re.compile(r"^[0-9a-f]{6,32}$")
 
@@ -145,6 +147,7 @@ class DeviceRegistry:
         record = self.get(device_id)
         pipe = self.r.pipeline()
         pipe.delete(keys.device(device_id), keys.device_beat(device_id))
+        pipe.set(keys.device_deleted(device_id), "1", ex=DELETED_TTL_S)  # or its worker registers it again
         pipe.srem(keys.DEVICES, device_id)
         if record.get("name"):
             pipe.hdel(keys.DEVICE_NAMES, record["name"])
@@ -170,8 +173,9 @@ class DeviceRegistry:
 
 class DeviceBeat:
     """A worker's heartbeat for the devices whose queues it serves: renews their leases every
-    ``BEAT_S``; a device whose record is gone (Redis restarted without its data, or the device was
-    deleted) is registered again under its id, with ``info`` (what the machine is)."""
+    ``BEAT_S``; a device whose record is gone because Redis restarted without its data is
+    registered again under its id, with ``info`` (what the machine is). A device deleted through
+    the API is dropped: this worker stops holding its lease."""
 
     def __init__(self, r: redis.Redis, device_ids: list[str], worker: str, info: dict) -> None:
         self.registry, self.r = DeviceRegistry(r), r
@@ -181,12 +185,19 @@ class DeviceBeat:
 
     def beat(self) -> None:
         value = json.dumps({"worker": self.worker, "pid": os.getpid(), "at": self.registry.now()})  # Redis's clock
-        for device_id in self.device_ids:
-            pipe = self.r.pipeline()
+        for device_id in list(self.device_ids):
+            pipe = self.r.pipeline()  # one MULTI, as the API's delete: it lands wholly before or after
+            pipe.exists(keys.device_deleted(device_id))
             pipe.set(keys.device_beat(device_id), value, px=int(LEASE_S * 1000))
             pipe.get(keys.device(device_id))
-            _, raw = pipe.execute()
-            if raw is None:
+            deleted, _, raw = pipe.execute()
+            if deleted:
+                self.r.delete(keys.device_beat(device_id))
+                self.device_ids.remove(device_id)
+                log.warning("device %s was deleted through the API: this worker no longer holds its lease, so no "
+                            "plan gives it work; stop the worker, or start `arceus worker` again to register this "
+                            "machine anew", device_id)  # fmt: skip
+            elif raw is None:
                 self._register_again(device_id)
                 self.r.set(keys.device_beat(device_id), value, px=int(LEASE_S * 1000))
 
