@@ -194,8 +194,8 @@ def train_local(
         if keep_weights:
             result.weights = read_weights(r, spec)
         return result
-    except redis.RedisError as e:  # the run's Redis: nothing to tell the stages through, and they find out too
-        lost = True
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        lost = True  # nothing to tell the stages through; their own calls on it fail too
         where = f"{urlsplit(redis_url).hostname}:{urlsplit(redis_url).port}"
         raise RunFailed(f"lost the run's Redis at {where}: {type(e).__name__}: {e}") from e
     except BaseException as e:
