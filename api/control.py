@@ -109,8 +109,10 @@ class Control:
         elif job["status"] == "training" and time.time() - float(job.get("started_at") or 0) > self.start_grace_s:
             liveness = RunLiveness(self.r, RunKeys(job["job_id"], job["run_id"]))
             beats = liveness.beats([s["stage"] for s in job.get("plan") or []])
-            # Live stages watch each other; with none alive and one silent, nobody else will notice.
-            if beats and b"alive" not in beats and None in beats:
+            # Live stages watch each other; with none alive and one silent, nobody else will notice. Once
+            # every stage has started, the supervisor recovers a run whose stages went silent (Redis
+            # restarted under them, say): failing it here would race that.
+            if beats and b"alive" not in beats and None in beats and not liveness.started(len(beats)):
                 reason = (
                     f"no stage of run {job['run_id']} is running (no heartbeat): "
                     f"are the workers of devices {[s['device_id'] for s in job['plan']]} up?"

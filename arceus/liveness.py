@@ -18,12 +18,15 @@ import redis
 from . import keys
 from .errors import RunAborted, StageTimeout
 
-__all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "RunLiveness"]
+__all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "LOST_REDIS", "RunLiveness"]
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 HEARTBEAT_TTL_S = 6.0  # a stage silent this long is presumed lost (its process died)
+# A Redis that went away (restarted, or its machine slept or left the network): a stage that
+# fails with one of these is lost to its run, which the API recovers, rather than failed.
+LOST_REDIS = (redis.ConnectionError, redis.TimeoutError)
 
 
 class RunLiveness:

@@ -158,3 +158,24 @@ def test_a_redis_that_stops_answering_ends_the_run_with_an_error_naming_it(tmp_p
     assert proc.returncode == 2, err
     assert f"error: lost the run's Redis at 127.0.0.1:{server.port}: TimeoutError" in err, err
     assert re.search(r"stage \d: ERROR .*Timeout", err), err  # a stage gave up by itself, not killed
+
+
+def test_a_redis_frozen_mid_run_never_leaves_the_job_training(tmp_path):
+    """The coordinator's Redis stops answering for longer than ARCEUS_SOCKET_TIMEOUT (its machine
+    slept), then answers again: the workers' stages gave up meanwhile, and the job still ends."""
+    write_mnist(tmp_path / "data", n_train=4800, n_val=500)
+    settings = Settings.from_env(home=tmp_path / "home", data_dir=tmp_path / "data", threads=1,
+                                 init_timeout_s=60, recover_wait_s=30, socket_timeout_s=2)  # fmt: skip
+    settings = replace(settings, redis_url=None)
+    with LocalCluster(settings, port=0, logs=tmp_path, persist=True) as c:
+        job_id = _start_job(c, devices=3)
+        until_epoch(c.client(), job_id, 2)
+        os.kill(c.redis.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(8)  # four socket timeouts
+        finally:
+            os.kill(c.redis.proc.pid, signal.SIGCONT)
+        job = _wait(c, job_id, lambda j: j["status"] not in ("training", "recovering"), 240, "the job to end")
+        assert job["status"] == "completed", job["error"]
+        assert job["step"] == 192 and job["final_metrics"]["epoch"] == 4
+        print("recoveries:", job["recoveries"])

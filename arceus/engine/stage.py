@@ -24,7 +24,7 @@ from ..blobs import put_blob
 from ..errors import ConfigError, ProtocolError, RunAborted, TrainingDiverged
 from ..events import EventLog
 from ..keys import RUN_TTL_S
-from ..liveness import HEARTBEAT_S, RunLiveness
+from ..liveness import HEARTBEAT_S, LOST_REDIS, RunLiveness
 from ..plan.runspec import RunSpec
 from ..plan.schedule import SCHEDULES
 from ..settings import Settings
@@ -116,7 +116,9 @@ class StageRunner:
         except BaseException as e:
             reason = f"{self.who}: {type(e).__name__}: {e}"
             try:
-                if not isinstance(e, RunAborted):  # an abort's reason is already the first cause
+                if isinstance(e, LOST_REDIS):  # not the stage's fault: the API recovers the run
+                    self.liveness.lose(self.stage, reason)
+                elif not isinstance(e, RunAborted):  # an abort's reason is already the first cause
                     self.liveness.abort(reason)
                 self.events.emit("error", stage=self.stage, reason=self.liveness.reason() or reason)
             except redis.RedisError as lost:  # the run's Redis is gone too: the error is still this one
