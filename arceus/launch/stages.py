@@ -31,7 +31,7 @@ from ..engine.state import load_restore
 from ..engine.streams import run_client
 from ..errors import ConfigError, RunFailed
 from ..events import EventLog
-from ..liveness import RunLiveness
+from ..liveness import LOST_REDIS, RunLiveness
 from ..plan import wires
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
@@ -194,7 +194,7 @@ def train_local(
         if keep_weights:
             result.weights = read_weights(r, spec)
         return result
-    except (redis.ConnectionError, redis.TimeoutError) as e:
+    except LOST_REDIS as e:
         lost = True  # nothing to tell the stages through; their own calls on it fail too
         where = f"{urlsplit(redis_url).hostname}:{urlsplit(redis_url).port}"
         raise RunFailed(f"lost the run's Redis at {where}: {type(e).__name__}: {e}") from e
