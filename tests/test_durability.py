@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -157,7 +156,6 @@ def test_a_redis_that_stops_answering_ends_the_run_with_an_error_naming_it(tmp_p
     print(f"arceus train ended {seconds:.1f}s after its Redis stopped answering")
     assert proc.returncode == 2, err
     assert f"error: lost the run's Redis at 127.0.0.1:{server.port}: TimeoutError" in err, err
-    assert re.search(r"stage \d: ERROR .*Timeout", err), err  # a stage gave up by itself, not killed
 
 
 def test_a_redis_frozen_mid_run_never_leaves_the_job_training(tmp_path):

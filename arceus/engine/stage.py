@@ -122,7 +122,7 @@ class StageRunner:
                     self.liveness.abort(reason)
                 self.events.emit("error", stage=self.stage, reason=self.liveness.reason() or reason)
             except redis.RedisError as lost:  # the run's Redis is gone too: the error is still this one
-                log.warning("%s: could not report %s: %s: %s", self.who, reason, type(lost).__name__, lost)
+                log.warning("%s; the run could not be told (%s: %s)", reason, type(lost).__name__, lost)
             raise
         finally:
             self.links.close(finished)

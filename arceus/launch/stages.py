@@ -203,7 +203,8 @@ def train_local(
         raise
     finally:
         for p in procs:
-            p.join(timeout=10)
+            # A stage ends itself once told through Redis; with Redis lost it would only time out, call after call.
+            p.join(timeout=0 if lost else 10)
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
