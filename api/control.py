@@ -111,8 +111,9 @@ class Control:
             beats = liveness.beats([s["stage"] for s in job.get("plan") or []])
             # Live stages watch each other; with none alive and one silent, nobody else will notice. Once
             # every stage has started, the supervisor recovers a run whose stages went silent (Redis
-            # restarted under them, say): failing it here would race that.
-            if beats and b"alive" not in beats and None in beats and not liveness.started(len(beats)):
+            # restarted under them, say), unless it could not follow the run: failing it here would race that.
+            followed = job.get("collected_run") != job["run_id"]
+            if beats and b"alive" not in beats and None in beats and not (followed and liveness.started(len(beats))):
                 reason = (
                     f"no stage of run {job['run_id']} is running (no heartbeat): "
                     f"are the workers of devices {[s['device_id'] for s in job['plan']]} up?"
@@ -313,8 +314,10 @@ class Control:
         """A stage of the job's run stopped beating: pause the job (``recovering``) and stop the
         run's other stages. The supervisor then calls ``recover`` until it trains again."""
         device = next(s["device_id"] for s in job["plan"] if s["stage"] == stage)
+        liveness = RunLiveness(self.r, RunKeys(job["job_id"], job["run_id"]))
+        cause = liveness.reason() or f"no heartbeat for {HEARTBEAT_TTL_S:.0f}s"  # a stage that lost Redis says so
         reason = (
-            f"device {device} (stage {stage}) was lost: no heartbeat for {HEARTBEAT_TTL_S:.0f}s; waiting up to "
+            f"device {device} (stage {stage}) was lost ({cause}); waiting up to "
             f"{self.recover_wait_s:.0f}s for it to come back or another device to register"
         )
         try:
@@ -325,7 +328,7 @@ class Control:
             )  # fmt: skip
         except ArceusError:  # stopped, failed or finished meanwhile
             return
-        RunLiveness(self.r, RunKeys(job["job_id"], job["run_id"])).lose(stage, reason)
+        liveness.lose(stage, reason)
         log.warning("job %s: %s", job["job_id"], reason)
 
     def recover(self, job: dict) -> None:

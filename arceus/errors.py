@@ -71,6 +71,10 @@ class StageTimeout(ArceusError, TimeoutError):
     """A stage waited longer than its timeout for a message from a neighbour."""
 
 
+class LinkFailed(ArceusError):
+    """A stream's Redis failed while every stage still beats: the run's own error, not a lost device."""
+
+
 class RunAborted(ArceusError):
     """Another stage (or the user) aborted the run; carries the reason it gave."""
 

@@ -18,15 +18,22 @@ import redis
 from . import keys
 from .errors import RunAborted, StageTimeout
 
-__all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "LOST_REDIS", "RunLiveness"]
+__all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "RunLiveness", "lost_redis"]
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 HEARTBEAT_TTL_S = 6.0  # a stage silent this long is presumed lost (its process died)
-# A Redis that went away (restarted, or its machine slept or left the network): a stage that
-# fails with one of these is lost to its run, which the API recovers, rather than failed.
-LOST_REDIS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def lost_redis(error: BaseException) -> bool:
+    """Whether ``error`` says a Redis went away (restarted, loading its data again, or its machine
+    slept or left the network): a stage that fails with one is lost to its run, which the API
+    recovers, rather than failed. A refused password is redis-py's ConnectionError too, but
+    waiting does not mend it."""
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError)) and not isinstance(
+        error, (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+    )
 
 
 class RunLiveness:

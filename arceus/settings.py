@@ -95,6 +95,10 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
+    def __post_init__(self) -> None:
+        if not self.socket_timeout_s > 0:  # 0 would make every socket non-blocking, and fail at once
+            raise ConfigError("ARCEUS_SOCKET_TIMEOUT", f"must be more than 0 seconds, got {self.socket_timeout_s}")
+
     def to_env(self) -> dict[str, str]:
         """These settings as ``ARCEUS_*`` variables: each one that has a variable and is not None
         (``launch.procs.child_environment`` hands them to a child process)."""

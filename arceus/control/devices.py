@@ -141,7 +141,7 @@ class DeviceRegistry:
         raw = self.r.get(keys.device(device_id))
         if raw is not None:
             record = {k: v for k, v in {**json.loads(raw), **fields}.items() if v is not None}
-            self.r.set(keys.device(device_id), json.dumps(record))
+            self.r.set(keys.device(device_id), json.dumps(record), xx=True)  # not one deleted meanwhile
 
     def delete(self, device_id: str) -> None:
         record = self.get(device_id)

@@ -20,7 +20,7 @@ from ..engine.stage import StageRunner
 from ..engine.state import load_restore, optimizer_state
 from ..engine.streams import run_client
 from ..errors import ArceusError, Conflict, RunAborted
-from ..liveness import LOST_REDIS, RunLiveness
+from ..liveness import RunLiveness, lost_redis
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from ..settings import Settings
@@ -105,12 +105,12 @@ class ShardHost:
                 return {"stage": stage, "stopped": str(e)}  # a lost device: the API's supervisor recovers the run
             self._fail(spec, str(e))
             raise
-        except LOST_REDIS as e:  # restarted, or its machine slept: the API recovers the run once it answers
-            reason = f"stage {stage}: {type(e).__name__}: {e}"
-            log.warning("job %s: %s: this stage stops; the API recovers the run", spec.job_id, reason)
-            return {"stage": stage, "stopped": reason}
         except Exception as e:
-            self._fail(spec, f"stage {stage}: {type(e).__name__}: {e}")
+            reason = f"stage {stage}: {type(e).__name__}: {e}"
+            if lost_redis(e):  # restarted, or its machine slept: the API recovers the run once it answers
+                log.warning("job %s: %s: this stage stops; the API recovers the run", spec.job_id, reason)
+                return {"stage": stage, "stopped": reason}
+            self._fail(spec, reason)
             raise
         # The next run continues from here; the API's supervisor marks the job completed.
         self.optimizers[spec.job_id] = optimizer_state(model, runner.opt)

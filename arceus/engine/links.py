@@ -16,7 +16,7 @@ import redis
 import torch
 
 from ..config import WIRE_CODECS
-from ..errors import PayloadError, ProtocolError, TrainingDiverged
+from ..errors import LinkFailed, PayloadError, ProtocolError, TrainingDiverged
 from ..liveness import HEARTBEAT_S, HEARTBEAT_TTL_S, RunLiveness
 from ..plan.layers import SampleShape
 from ..plan.runspec import RunSpec
@@ -197,7 +197,7 @@ class StageLinks:
             self.liveness.check()  # RunAborted once the neighbour is presumed lost
             time.sleep(HEARTBEAT_S / 2)
         reason = f"{self.who}: the Redis of {key} stopped answering ({error}), and every stage still beats"
-        raise type(error)(reason) from error
+        raise LinkFailed(reason) from error
 
     def close(self, finished: bool = True) -> None:
         """Close every link; one that fails is logged, since the run's outcome is already decided.

@@ -12,7 +12,8 @@ redis-py still opens the connection (TCP, Unix socket or TLS, AUTH, SELECT: what
 client's URL says), so this module only speaks the protocol. Errors keep redis-py's types:
 an error reply raises ``redis.ResponseError`` (or redis-py's subclass for it: LOADING is a
 ``BusyLoadingError``, ...), a lost connection ``redis.ConnectionError``, a socket timeout
-``redis.TimeoutError``. A connection is opened once: after a failure it stays closed.
+``redis.TimeoutError``, a reply that is not RESP ``redis.exceptions.InvalidResponse``. A
+connection is opened once: after a failure it stays closed.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Connection:
             sock = getattr(self._opener, "_sock", None)
             if not isinstance(sock, socket.socket):
                 self._opener.disconnect()
-                raise redis.ConnectionError(
+                raise redis.RedisError(
                     f"redis-py {redis.__version__} opened no plain socket to take over (Connection._sock)"
                 )
             self._sock, self._start, self._end = sock, 0, 0
@@ -118,8 +119,10 @@ class Connection:
             self.disconnect()
             if isinstance(e, TimeoutError):
                 raise redis.TimeoutError(f"Timeout reading from socket: {e}") from e
-            if isinstance(e, (OSError, ValueError)):  # ValueError: a length or an integer that is not one
+            if isinstance(e, OSError):
                 raise redis.ConnectionError(f"Error reading from socket: {e}") from e
+            if isinstance(e, ValueError):  # a length or an integer that is not one
+                raise redis.exceptions.InvalidResponse(f"Protocol error: {e}") from e
             raise
         if isinstance(reply, Exception):
             raise reply
@@ -145,7 +148,7 @@ class Connection:
             return bytes(rest)
         if kind == b"-":
             return _error(bytes(rest).decode(errors="replace"))
-        raise redis.ConnectionError(f"not a RESP2 reply from Redis: {bytes(line[:40])!r}")
+        raise redis.exceptions.InvalidResponse(f"not a RESP2 reply from Redis: {bytes(line[:40])!r}")
 
     def _line(self) -> bytes:
         while True:
@@ -155,7 +158,7 @@ class Connection:
                 self._start = i + 2
                 return line
             if self._end - self._start > _MAX_LINE:
-                raise redis.ConnectionError(f"a reply line from Redis is over {_MAX_LINE} bytes")
+                raise redis.exceptions.InvalidResponse(f"a reply line from Redis is over {_MAX_LINE} bytes")
             self._fill()
 
     def _bulk(self, n: int) -> bytes | bytearray:
@@ -166,7 +169,7 @@ class Connection:
                 have = self._end - self._start
             end = self._start + n
             if self._buf[end : end + 2] != b"\r\n":
-                raise redis.ConnectionError(f"a {n}-byte bulk string from Redis does not end with CRLF")
+                raise redis.exceptions.InvalidResponse(f"a {n}-byte bulk string from Redis does not end with CRLF")
             out = bytes(self._buf[self._start : end])
             self._start = end + 2
             return out
@@ -184,7 +187,7 @@ class Connection:
             got += k
         del view
         if out[n:] != b"\r\n":
-            raise redis.ConnectionError(f"a {n}-byte bulk string from Redis does not end with CRLF")
+            raise redis.exceptions.InvalidResponse(f"a {n}-byte bulk string from Redis does not end with CRLF")
         del out[n:]
         return out
 

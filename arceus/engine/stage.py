@@ -24,7 +24,7 @@ from ..blobs import put_blob
 from ..errors import ConfigError, ProtocolError, RunAborted, TrainingDiverged
 from ..events import EventLog
 from ..keys import RUN_TTL_S
-from ..liveness import HEARTBEAT_S, LOST_REDIS, RunLiveness
+from ..liveness import HEARTBEAT_S, RunLiveness, lost_redis
 from ..plan.runspec import RunSpec
 from ..plan.schedule import SCHEDULES
 from ..settings import Settings
@@ -116,7 +116,7 @@ class StageRunner:
         except BaseException as e:
             reason = f"{self.who}: {type(e).__name__}: {e}"
             try:
-                if isinstance(e, LOST_REDIS):  # not the stage's fault: the API recovers the run
+                if lost_redis(e):  # not the stage's fault: the API recovers the run
                     self.liveness.lose(self.stage, reason)
                 elif not isinstance(e, RunAborted):  # an abort's reason is already the first cause
                     self.liveness.abort(reason)

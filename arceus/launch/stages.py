@@ -31,7 +31,7 @@ from ..engine.state import load_restore
 from ..engine.streams import run_client
 from ..errors import ConfigError, RunFailed
 from ..events import EventLog
-from ..liveness import LOST_REDIS, RunLiveness
+from ..liveness import RunLiveness, lost_redis
 from ..plan import wires
 from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
@@ -147,8 +147,10 @@ def train_local(
     r = run_client(redis_url, settings.socket_timeout_s)
     try:
         spec = _with_links(spec, r, threads, settings.socket_timeout_s)
-    except BaseException:
+    except BaseException as e:
         r.close()
+        if lost_redis(e):
+            raise _lost(redis_url, e) from e
         raise
     events, liveness = EventLog(r, spec.keys), RunLiveness(r, spec.keys)
     collector = CheckpointCollector(r, store, spec)
@@ -194,11 +196,10 @@ def train_local(
         if keep_weights:
             result.weights = read_weights(r, spec)
         return result
-    except LOST_REDIS as e:
-        lost = True  # nothing to tell the stages through; their own calls on it fail too
-        where = f"{urlsplit(redis_url).hostname}:{urlsplit(redis_url).port}"
-        raise RunFailed(f"lost the run's Redis at {where}: {type(e).__name__}: {e}") from e
     except BaseException as e:
+        if lost_redis(e):
+            lost = True  # nothing to tell the stages through; their own calls on it fail too
+            raise _lost(redis_url, e) from e
         liveness.abort(f"run stopped: {type(e).__name__}: {e}")
         raise
     finally:
@@ -212,6 +213,12 @@ def train_local(
             _cleanup(r, spec.keys)
             r.delete(*[keys.restore(spec.job_id, s) for s in range(num_stages)])
         r.close()
+
+
+def _lost(redis_url: str, error: BaseException) -> RunFailed:
+    url = urlsplit(redis_url)
+    where = f"{url.hostname}:{url.port or 6379}" if url.hostname else url.path  # a Unix socket's path
+    return RunFailed(f"lost the run's Redis at {where}: {type(error).__name__}: {error}")
 
 
 def _cleanup(r: redis.Redis, run: keys.RunKeys) -> None:
