@@ -201,3 +201,20 @@ def test_a_link_whose_connection_dropped_fails_with_a_connection_error_and_still
     with pytest.raises(redis.ConnectionError):
         rx.recv("activations")
     rx.close()
+
+
+def test_a_send_redis_refused_fails_a_stage_that_waits_to_receive(r):
+    """Redis answers an XADD once its payload is across, so a stage may start to wait for its next
+    input before the answer comes; a refusal (here: out of memory) still ends the wait, with its
+    error, not as a timeout."""
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=4, timeout_s=5, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:bwd:0", timeout_s=5, liveness=liveness, who="stage 0")
+    r.config_set("maxmemory", 1)  # every write is refused: -OOM
+    try:
+        tx.send({"i": b"0"}, "test")  # its replies are not read here
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            rx.recv("gradients", on_wait=lambda: tx.flush(wait=False))
+    finally:
+        r.config_set("maxmemory", 0)
+    rx.close()

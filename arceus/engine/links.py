@@ -94,7 +94,7 @@ class StageLinks:
         t0 = time.perf_counter()
         self.flush(wait=False)
         try:
-            entry_id, fields = rx.recv(what)
+            entry_id, fields = rx.recv(what, on_wait=lambda: self.flush(wait=False))
         except (redis.ConnectionError, redis.TimeoutError) as e:
             self._link_lost(rx.key, e)
         t1 = time.perf_counter()

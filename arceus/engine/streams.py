@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 import redis
 
@@ -142,8 +143,9 @@ class Receiver:
         self._unacked: bytes | None = None
         self._replies = 0  # replies of the request in flight; its last is the XREAD's
 
-    def recv(self, what: str) -> tuple[bytes, dict[bytes, bytes]]:
-        """Next entry ``(id, fields)``."""
+    def recv(self, what: str, on_wait: Callable[[], None] | None = None) -> tuple[bytes, dict[bytes, bytes]]:
+        """Next entry ``(id, fields)``. ``on_wait`` runs every ``POLL_S`` while none has come (the stage
+        reads its sends' replies there: one Redis refused may be why nothing comes)."""
         deadline = time.monotonic() + self.timeout_s
         while True:
             if not self._replies:
@@ -155,6 +157,8 @@ class Receiver:
                 self._request(POLL_S)
                 return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
             self.liveness.check()
+            if on_wait is not None:
+                on_wait()
             if deadline - time.monotonic() <= 0:
                 raise StageTimeout(f"{self.who} waited {self.timeout_s:.0f}s for {what} on {self.key}")
 
