@@ -12,7 +12,7 @@ checkpoint part again is harmless). For each run it
   ``lose`` moves it to ``recovering``, and ``recover`` is called on every pass until the
   job trains again on the devices it has, or fails.
 A stage that fails marks the job failed itself (``control.host``), unless what failed was
-Redis (``liveness.LOST_REDIS``): then it counts itself lost and the run is recovered. A run
+Redis (``liveness.lost_redis``): then it counts itself lost and the run is recovered. A run
 whose stages all vanished is failed by ``api.control.Control.reap``.
 """
 
