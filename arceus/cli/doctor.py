@@ -13,13 +13,13 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit
 
 import redis
 
 from ..control import clusterfile
 from ..control.client import ApiClient
 from ..errors import ApiError
+from ..launch.redis_server import redis_address
 from ..settings import Settings
 
 __all__ = ["add_commands"]
@@ -88,7 +88,7 @@ def _api(out: _Report, url: str, token: str | None) -> str | None:
 
 
 def _redis(out: _Report, url: str) -> None:
-    host = f"{urlsplit(url).hostname}:{urlsplit(url).port}"
+    host = redis_address(url)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ from ..control.client import ApiClient
 from ..control.devices import BEAT_S, LEASE_S
 from ..errors import ApiError
 from ..launch.procs import child_environment, parent_death_hook
-from ..launch.redis_server import EmbeddedRedis
+from ..launch.redis_server import EmbeddedRedis, redis_address
 from ..settings import Settings
 
 __all__ = ["add_commands"]
@@ -64,9 +64,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
     except redis.RedisError as e:
-        host = f"{urlsplit(redis_url).hostname}:{urlsplit(redis_url).port}"
-        raise ApiError(f"the cluster's Redis at {host} does not answer from this machine ({e}): is its port "
-                       "reachable (firewall)?") from None  # fmt: skip
+        raise ApiError(f"the cluster's Redis at {redis_address(redis_url)} does not answer from this machine ({e}): "
+                       "is its port reachable (firewall)?") from None  # fmt: skip
     clusterfile.joined(settings.home, url, token)
     if args.token:  # kept now: run on without it in our argv, where `ps` would show it for as long as we serve
         argv = _without_token(sys.argv[1:])
@@ -97,7 +96,7 @@ def _serve(
     # The Redis URL (with its password) and our pid reach the worker through its environment only.
     data_url = (data.url_for(_reachable_host(data.bind, redis_url), as_worker=True)
                 if isinstance(data, EmbeddedRedis) else data)  # fmt: skip
-    where = f"its own Redis at {urlsplit(data_url).hostname}:{urlsplit(data_url).port}" if data_url else "the cluster's"
+    where = f"its own Redis at {redis_address(data_url)}" if data_url else "the cluster's"
     print(f"streams into device {device_id}: {where}", flush=True)
     env = child_environment(
         Settings.from_env(
@@ -148,8 +147,7 @@ def _data_redis(args: argparse.Namespace, redis_url: str) -> EmbeddedRedis | str
         try:
             redis.Redis.from_url(choice, socket_connect_timeout=5).ping()
         except redis.RedisError as e:
-            where = f"{urlsplit(choice).hostname}:{urlsplit(choice).port}"
-            raise ApiError(f"the data Redis {where} does not answer: {e}") from None
+            raise ApiError(f"the data Redis {redis_address(choice)} does not answer: {e}") from None
         return choice
     bind = args.data_bind or _source_address(cluster_host)
     server = EmbeddedRedis(bind=bind, password=secrets.token_hex(16))

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -35,7 +36,7 @@ from ..errors import RedisServerError
 from ..settings import Settings
 from .procs import free_port, parent_death_hook, stop_processes
 
-__all__ = ["WORKER_USER", "EmbeddedRedis", "find_redis_server", "redis_for"]
+__all__ = ["WORKER_USER", "EmbeddedRedis", "find_redis_server", "redis_address", "redis_for"]
 
 WORKER_USER = "arceus-worker"
 
@@ -50,6 +51,12 @@ def redis_for(settings: Settings) -> Iterator[str]:
         return
     with EmbeddedRedis(binary=settings.redis_server) as server:
         yield server.url
+
+
+def redis_address(url: str) -> str:
+    """Where a Redis URL points, for messages: ``host:port`` (or a Unix socket's path), never its password."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
 
 
 def find_redis_server(explicit: str | None = None) -> str:

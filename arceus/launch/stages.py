@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
 
 import redis
 import torch
@@ -37,6 +36,7 @@ from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from ..settings import Settings
 from ..wire import decode
+from .redis_server import redis_address
 
 __all__ = ["RunResult", "read_weights", "run_stage", "train_local"]
 
@@ -216,9 +216,7 @@ def train_local(
 
 
 def _lost(redis_url: str, error: BaseException) -> RunFailed:
-    url = urlsplit(redis_url)
-    where = f"{url.hostname}:{url.port or 6379}" if url.hostname else url.path  # a Unix socket's path
-    return RunFailed(f"lost the run's Redis at {where}: {type(error).__name__}: {error}")
+    return RunFailed(f"lost the run's Redis at {redis_address(redis_url)}: {type(error).__name__}: {error}")
 
 
 def _cleanup(r: redis.Redis, run: keys.RunKeys) -> None:
