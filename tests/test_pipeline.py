@@ -4,6 +4,9 @@ import multiprocessing as mp
 import os
 import re
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from dataclasses import replace
 
@@ -147,6 +150,29 @@ def test_a_killed_stage_fails_the_run_with_a_reason(redis_url, settings, mnist_d
         train_local(_job([784, 64, 32, 10]), train, 3, redis_url, settings, on_event=kill_stage_1)
     assert killed and time.monotonic() - t0 < 60
     assert not [p for p in mp.active_children() if p.name.startswith("arceus-stage")]
+
+
+def test_a_stage_that_cannot_start_fails_the_run_with_the_reason(redis_url, settings, mnist_dir, tmp_path):
+    # A script without the `if __name__ == "__main__":` guard: each spawned stage runs it again, and
+    # its own train_local cannot start a process. Python's advice must reach the user, not an
+    # AssertionError from joining the stages that never started.
+    script = tmp_path / "no_main_guard.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys
+        from arceus.config import DatasetConfig, JobConfig, ModelConfig, TrainConfig
+        from arceus.launch.stages import train_local
+        from arceus.settings import Settings
+        job = JobConfig(ModelConfig((784, 32, 10)), DatasetConfig(name="MNIST", batch_size=64, val_batch_size=100))
+        train_local(job, TrainConfig(epochs=1), 2, sys.argv[1], Settings(data_dir=sys.argv[2], download=False))
+    """)
+    )
+    out = subprocess.run([sys.executable, str(script), redis_url, str(mnist_dir)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "RunFailed: stage 0 process exited with code 1" in out.stderr
+    assert "if __name__ == '__main__':" in out.stderr
+    assert "can only join a started process" not in out.stderr
 
 
 GOOD_HEADER = b'{"kind":"train","epoch":0,"step":0,"i":0,"steps":1,"mb":0,"n_mb":1,"bs":4}'

@@ -204,6 +204,8 @@ def train_local(
         raise
     finally:
         for p in procs:
+            if p.pid is None:  # never started: the one before it failed to
+                continue
             # A stage ends itself once told through Redis; with Redis lost it would only time out, call after call.
             p.join(timeout=0 if lost else 10)
             if p.is_alive():
