@@ -323,7 +323,7 @@ class Control:
         try:
             self.store.transition(
                 job["job_id"], "recovering", allowed_from=("training",), expect={"run_id": job["run_id"]},
-                error=reason, lost_device=device, lost_stage=stage, lost_step=step,
+                error=reason, lost_device=device, lost_stage=stage, lost_step=step, lost_cause=cause,
                 recovering_since=self.store.devices.now(),
             )  # fmt: skip
         except ArceusError:  # stopped, failed or finished meanwhile
@@ -335,7 +335,7 @@ class Control:
         job_id, lost = job["job_id"], str(job["lost_device"])
         train = TrainConfig.parse(job["train_config"])
         done = job.get("recoveries") or []
-        why = f"device {lost} (stage {job['lost_stage']}) was lost"
+        why = f"device {lost} (stage {job['lost_stage']}) was lost ({job.get('lost_cause') or 'no cause recorded'})"
         if len(done) >= train.max_recoveries:
             self._fail_recovery(
                 job_id,
@@ -378,8 +378,9 @@ class Control:
         resumed = TrainConfig.parse({**train.to_dict(), "epochs": epochs})
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], config, resumed, tuple(shards), start_step=start,
                        data_urls=self._data_urls(shards))  # fmt: skip
-        record = {"device_lost": lost, "stage_lost": int(job["lost_stage"]), "at_step": int(job["lost_step"]),
-                  "resumed_from_step": start, "steps_redone": max(0, int(job["lost_step"]) - start),
+        record = {"device_lost": lost, "stage_lost": int(job["lost_stage"]), "cause": job.get("lost_cause") or "",
+                  "at_step": int(job["lost_step"]), "resumed_from_step": start,
+                  "steps_redone": max(0, int(job["lost_step"]) - start),
                   "seconds": round(self.store.devices.now() - since, 2),
                   "devices": [s.device_id for s in shards]}  # fmt: skip
         try:

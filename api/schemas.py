@@ -435,6 +435,7 @@ class RecoverySchema(Schema):
 
     device_lost = fields.String()
     stage_lost = fields.Integer()
+    cause = fields.String(metadata={"description": "why it counted as lost: its silence, or what its stage reported"})
     at_step = fields.Integer(metadata={"description": "the job's step when it was lost (the last one reported)"})
     resumed_from_step = fields.Integer(metadata={"description": "the step of the checkpoint loaded"})
     steps_redone = fields.Integer()

@@ -291,7 +291,7 @@ function setJob(job) {
   const cps = (job.checkpoints || []).map((c) => h("li", {}, `step ${c.step} (epoch ${c.epoch}${c.batch ? `, batch ${c.batch}` : ""})`,
     c.metrics && Number.isFinite(c.metrics.val_accuracy) ? `, val acc ${pct(c.metrics.val_accuracy)}` : ""));
   const recs = (job.recoveries || []).map((r) => h("li", {}, `device ${r.device_lost} (stage ${r.stage_lost}) lost at step ` +
-    `${r.at_step}; resumed from step ${r.resumed_from_step} after ${num(r.seconds, 1)} s (${r.steps_redone} steps redone)`));
+    `${r.at_step}${r.cause ? ` (${r.cause})` : ""}; resumed from step ${r.resumed_from_step} after ${num(r.seconds, 1)} s (${r.steps_redone} steps redone)`));
   document.getElementById("durability").replaceChildren(
     cps.length ? h("ul", { id: "checkpoints" }, cps) : h("p", { class: "muted" }, "No checkpoint yet (one is saved every epoch)."),
     recs.length ? h("ul", { id: "recoveries" }, recs) : h("p", { class: "muted" }, "No recoveries."));

@@ -107,7 +107,8 @@ def checkpoint_line(job: dict) -> str | None:
 
 
 def recovery_lines(job: dict) -> list[str]:
-    return [f"  recovered: device {r['device_lost']} (stage {r['stage_lost']}) lost at step {r['at_step']}; "
+    return [f"  recovered: device {r['device_lost']} (stage {r['stage_lost']}) lost at step {r['at_step']}"
+            f"{' (' + r['cause'] + ')' if r.get('cause') else ''}; "
             f"resumed from step {r['resumed_from_step']} on devices {r['devices']} after {r['seconds']:.1f}s "
             f"({r['steps_redone']} steps redone)" for r in job.get("recoveries") or []]  # fmt: skip
 
