@@ -6,11 +6,10 @@ tensors) and keeps every bit of state in Redis through ``arceus.control.jobs.Job
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import redis
 from celery import Celery
@@ -143,7 +142,7 @@ class Control:
         # What the units cost depends on the model alone: timed before the lock, which guards
         # the devices' reservation and is held for milliseconds.
         costs, cost_fields = self._unit_costs(job, config, devices)
-        with self._plan_lock():
+        with self.store.planning():
             chosen = self.choose_devices(job, config, devices)
             shards = self._plan(config, chosen, costs)
             self.store.transition(
@@ -158,19 +157,6 @@ class Control:
         stages = [s.to_dict() for s in shards]
         self.store.transition(job_id, "ready", plan=stages, init_seed=seed, step=step, reserved=[])
         return {"plan": stages, "devices": confirmed, "step": step}
-
-    @contextlib.contextmanager
-    def _plan_lock(self) -> Iterator[None]:
-        """``JobStore.plan_lock`` for the block, or a 409 after waiting for it (another job is choosing
-        devices)."""
-        lock = self.store.plan_lock()
-        if not lock.acquire():
-            raise Conflict("another job has been choosing its devices for 15 s: try again")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile (30 s): not ours now
-                lock.release()
 
     def choose_devices(self, job: dict, config: JobConfig, asked: list[str] | None = None) -> list[dict]:
         """The devices a job's plan goes over: those ``asked`` for (each must exist, be live and be
@@ -346,7 +332,7 @@ class Control:
         since, now = float(job["recovering_since"]), self.store.devices.now()  # both by Redis's clock
         planned = {s["device_id"] for s in job["plan"]}
         try:
-            with self._plan_lock():
+            with self.store.planning():
                 devices = self._recovery_devices(job, since, now)
                 back = any(d["device_id"] == lost for d in devices)
                 newcomer = any(d["device_id"] not in planned for d in devices)
@@ -448,7 +434,7 @@ class Control:
         spec = RunSpec(job_id, uuid.uuid4().hex[:12], JobConfig.parse(job["config"]), train, stages, start_step=start,
                        data_urls=self._data_urls(stages))  # fmt: skip
         spec.check_message_sizes(self.max_payload_elements)  # what every stage would refuse
-        with self._plan_lock():  # no other job takes these devices between the check and the switch
+        with self.store.planning():  # no other job takes these devices between the check and the switch
             self._check_devices(job, stages)
             moved = self.store.transition(
                 job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},

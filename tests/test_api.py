@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cluster import Cluster, free_port
@@ -419,6 +420,18 @@ def test_changing_the_devices_of_a_ready_job_voids_its_plan(cluster):
     assert status == 409 and "initialize it first" in body["message"]
     init = _initialize(cluster, job_id)  # one device now holds all six layers
     assert [(s["start_layer"], s["end_layer"]) for s in init["plan"]] == [(0, 6)]
+
+
+def test_a_device_is_deleted_only_once_no_job_is_choosing_devices(cluster, r):
+    job_id = cluster.ok("POST", "/api/jobs", {"model_config": {"layer_sizes": [784, 10]}})["job_id"]
+    device = cluster.ok("POST", "/api/devices/register", {"job_id": job_id, "name": "a"})["device_id"]
+    with ThreadPoolExecutor(1) as pool:
+        with JobStore(r).planning():  # as an initialize holds it between choosing devices and reserving them
+            delete = pool.submit(cluster.call, "DELETE", f"/api/devices/{device}")
+            time.sleep(1.0)
+            assert not delete.done() and cluster.call("GET", f"/api/devices/{device}")[0] == 200
+        assert delete.result(timeout=15)[0] == 200
+    assert cluster.call("GET", f"/api/devices/{device}")[0] == 404
 
 
 def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):

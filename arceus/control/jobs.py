@@ -9,10 +9,11 @@ for it (the original flow) and those of its plan.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import redis
 
@@ -202,24 +203,34 @@ class JobStore:
         if active:
             self.r.sadd(keys.ACTIVE_JOBS, *active)
 
-    def plan_lock(self):
-        """Held while a job picks its devices and claims them (``reserved``): two jobs never take the
-        same free devices."""
-        return self.r.lock(keys.PLAN_LOCK, timeout=30, blocking_timeout=15)
+    @contextlib.contextmanager
+    def planning(self) -> Iterator[None]:
+        """Held while a job picks its devices and claims them (``reserved``), and while a device is
+        deleted: two jobs never take the same free devices, and none takes one being deleted. A 409
+        after waiting 15 s for it."""
+        lock = self.r.lock(keys.PLAN_LOCK, timeout=30, blocking_timeout=15)
+        if not lock.acquire():
+            raise Conflict("another job has been choosing its devices for 15 s: try again")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile (30 s): not ours now
+                lock.release()
 
     def forget_device(self, device_id: str) -> None:
         """A device is leaving: refused while an active job's plan holds it; a ready job planned
         on it must be initialized again."""
-        holder = self.busy().get(device_id)
-        if holder is not None:
-            status = self.get(holder)["status"]
-            raise Conflict(f"device {device_id} serves job {holder}, which is {status}: stop the job first")
-        for raw in self.r.zrange(keys.JOBS, 0, -1):
-            job_id = raw.decode()
-            plan = self.r.hget(keys.job(job_id), "plan")
-            if plan and any(str(s["device_id"]) == device_id for s in json.loads(plan)):
-                self._forget_plan(self.get(job_id))
-        self.devices.delete(device_id)
+        with self.planning():  # not between a job's choice of it and its reservation
+            holder = self.busy().get(device_id)
+            if holder is not None:
+                status = self.get(holder)["status"]
+                raise Conflict(f"device {device_id} serves job {holder}, which is {status}: stop the job first")
+            for raw in self.r.zrange(keys.JOBS, 0, -1):
+                job_id = raw.decode()
+                plan = self.r.hget(keys.job(job_id), "plan")
+                if plan and any(str(s["device_id"]) == device_id for s in json.loads(plan)):
+                    self._forget_plan(self.get(job_id))
+            self.devices.delete(device_id)
 
     def _forget_plan(self, job: dict) -> None:
         """A plan made for other devices is void: the job must be initialized again."""
