@@ -218,3 +218,25 @@ def test_a_send_redis_refused_fails_a_stage_that_waits_to_receive(r):
     finally:
         r.config_set("maxmemory", 0)
     rx.close()
+
+
+@pytest.mark.parametrize("window", [1, 2, 8])
+def test_the_replies_a_sender_owes_are_bounded_by_its_window(r, window):
+    """A sender reads its replies only when a stage asks (before a receive) or when it runs out of
+    credits, which come in those replies: so however many entries it sends in a row, it never owes
+    more than one XADD and one EXPIRE a credit plus one LPOP, and every entry arrives in order."""
+    liveness = _liveness(r)
+    tx = Sender(r, "t:fwd:1", window=window, timeout_s=5, liveness=liveness, who="stage 0")
+    rx = Receiver(r, "t:fwd:1", timeout_s=5, liveness=liveness, who="stage 1")
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(rx.recv("test")[1][b"i"] for _ in range(60)))
+    reader.start()
+    owed = []
+    for i in range(60):
+        tx.send({"i": str(i).encode()}, "test")
+        owed.append(len(tx._pending))
+    reader.join(timeout=10)
+    assert got == [str(i).encode() for i in range(60)]
+    assert max(owed) <= 2 * window + 1, owed
+    tx.close()
+    rx.close()

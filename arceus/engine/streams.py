@@ -82,14 +82,15 @@ class Sender:
         if self._credits <= self.window // 2 and True not in self._pending:  # none asked for yet
             cmds.append(("LPOP", self.credit_key, self.window))
         self.conn.send(*cmds)
+        # What is owed stays bounded without a flush here: credits come only in LPOP replies, and a
+        # read of one reads every reply before it, so at most ``window`` sends are unread (two replies
+        # each) plus the one LPOP in flight.
         self._pending.extend(c[0] == "LPOP" for c in cmds)
-        if len(self._pending) >= 3 * self.window:  # bounds what is owed, waiting for the oldest only
-            self.flush(keep=self.window)
 
-    def flush(self, wait: bool = True, keep: int = 0) -> None:
-        """Read the replies of the commands in flight, all but the last ``keep`` (``wait=False``:
-        only those already here); raises the error Redis answered, if any."""
-        while len(self._pending) > keep and (wait or self.conn.has_reply()):
+    def flush(self, wait: bool = True) -> None:
+        """Read the replies of the commands in flight (``wait=False``: only those already here);
+        raises the error Redis answered, if any."""
+        while self._pending and (wait or self.conn.has_reply()):
             credits = self._pending.popleft()
             try:
                 reply = self.conn.read()
