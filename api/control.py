@@ -249,10 +249,22 @@ class Control:
         return costs, {"unit_costs": costs or [], "cost_model": model}
 
     def _load(
-        self, job_id: str, shards: list[StageAssignment], config: JobConfig, seed: int, manifest: dict | None
+        self,
+        job_id: str,
+        shards: list[StageAssignment],
+        config: JobConfig,
+        seed: int,
+        manifest: dict | None,
+        why: str = "",
     ) -> list[dict]:
         """Every device's worker loads its shard (from ``seed``, or its slice of the checkpoint
-        ``manifest``); returns their confirmations, or fails the job naming the device."""
+        ``manifest``); returns their confirmations, or fails the job naming the device (after ``why``,
+        a recovery's reason to load, in the job's error)."""
+
+        def fail(reason: str) -> str:
+            self.store.transition(job_id, "failed", error=f"{why}, and {reason}" if why else reason)
+            return reason
+
         pending = []
         try:
             data_urls = self._data_urls(shards)
@@ -265,24 +277,20 @@ class Control:
                         list(data_urls)]  # fmt: skip
                 pending.append((shard, self._send(LOAD_SHARD, args, shard.device_id)))
         except (UpstreamError, redis.RedisError) as e:  # the broker refused: nothing will confirm
-            reason = f"could not enqueue the shards: {e}"
-            self.store.transition(job_id, "failed", error=reason)
-            raise UpstreamError(reason, 503) from None
+            raise UpstreamError(fail(f"could not enqueue the shards: {e}"), 503) from None
         deadline = time.monotonic() + self.init_timeout_s
         confirmed = []
         for shard, result in pending:
             try:
                 confirmed.append(result.get(timeout=max(0.1, deadline - time.monotonic()), propagate=True))
             except CeleryTimeout:
-                reason = (
+                reason = fail(
                     f"device {shard.device_id} did not confirm its shard within {self.init_timeout_s:.0f}s: "
                     f"is a worker running `celery -A workers worker -Q {queue_for(shard.device_id)}`?"
                 )
-                self.store.transition(job_id, "failed", error=reason)
                 raise UpstreamError(reason, 504) from None
             except Exception as e:  # the task raised on the worker
-                reason = f"device {shard.device_id} failed to load its shard: {type(e).__name__}: {e}"
-                self.store.transition(job_id, "failed", error=reason)
+                reason = fail(f"device {shard.device_id} failed to load its shard: {type(e).__name__}: {e}")
                 if type(e).__name__ in ("DatasetUnavailable", "ConfigError"):  # what the job asks for is not there
                     raise Conflict(reason) from None
                 raise UpstreamError(reason, 502) from None
@@ -339,15 +347,13 @@ class Control:
                 if not (back or newcomer) and now - since < self.recover_wait_s:
                     return  # keep waiting
                 if not devices:
-                    raise Conflict(
-                        f"{why}, and no worker of the job's devices answered within {self.recover_wait_s:.0f}s"
-                    )
+                    raise Conflict(f"no worker of the job's devices answered within {self.recover_wait_s:.0f}s")
                 manifest, epochs = self._resume_point(job, train)
                 config = JobConfig.parse(job["config"])
                 shards = self._plan(config, devices[: len(units(config.layers))], _kept_costs(job, config))
                 self.store.set_fields(job_id, reserved=[s.device_id for s in shards])  # ours while they load
         except ArceusError as e:
-            self._fail_recovery(job_id, f"{e}: initialize it again from its last checkpoint")
+            self._fail_recovery(job_id, f"{why}, and {e}: initialize it again from its last checkpoint")
             return
         start = manifest["step"] if manifest is not None else 0
         if epochs <= 0:  # lost after its last checkpoint: nothing is left to train
@@ -358,7 +364,8 @@ class Control:
                 pass
             return
         try:
-            shards = _with_links(shards, self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest))
+            loaded = self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest, why)
+            shards = _with_links(shards, loaded)
         except ArceusError:  # the job is failed with the reason (or was stopped meanwhile)
             return
         resumed = TrainConfig.parse({**train.to_dict(), "epochs": epochs})

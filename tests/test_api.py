@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -249,7 +250,8 @@ def test_a_killed_worker_fails_a_job_that_may_not_recover_with_a_reason(cluster,
     t0 = time.monotonic()
     job = cluster.wait_for(job_id, lambda j: j["status"] not in ("training", "recovering"), 30, "the job to fail")
     assert job["status"] == "failed"
-    assert f"device {devices[1]} (stage {stage}) was lost (no heartbeat for " in job["error"]
+    # The cause: its silence, as the supervisor saw it or as a neighbour stage reported it first.
+    assert re.search(rf"device {devices[1]} \(stage {stage}\) was lost \(.*no heartbeat for \d+s", job["error"])
     assert "max_recoveries=0" in job["error"]
     assert time.monotonic() - t0 < 20
     # What the failed run leaves behind goes: its streams at once, the rest (events, liveness) expires.

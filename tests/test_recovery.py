@@ -60,7 +60,7 @@ def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster,
     back_after = time.monotonic() - t_kill
     (rec,) = job["recoveries"]
     assert rec["device_lost"] == devices[1] and rec["stage_lost"] == stage
-    assert rec["cause"].startswith("no heartbeat for ")
+    assert "no heartbeat for " in rec["cause"]  # as the supervisor saw it, or a neighbour stage reported it
     assert rec["resumed_from_step"] == 48  # the checkpoint at the end of epoch 1
     # In an order the devices' measured speeds chose (they share this machine: its load shows in them).
     assert sorted(rec["devices"]) == sorted([devices[0], devices[2], spare]) and rec["steps_redone"] >= 0
