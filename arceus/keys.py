@@ -56,7 +56,7 @@ JOBS = f"{NAMESPACE}:jobs"  # sorted set: job id -> creation time
 ACTIVE_JOBS = f"{NAMESPACE}:jobs:active"  # set: the jobs initializing, training or recovering now
 DEVICES = f"{NAMESPACE}:devices"  # set of device ids
 DEVICE_NAMES = f"{NAMESPACE}:device-names"  # hash: device name -> the id holding it (names are unique)
-PLAN_LOCK = f"{NAMESPACE}:lock:plan"  # held while a job picks devices, so two never take the same ones
+PLAN_LOCK = f"{NAMESPACE}:lock:plan"  # held while a job picks devices or one is deleted (JobStore.planning)
 TERAFLOPS = f"{NAMESPACE}:teraflops"  # list of JSON rows, one per stage of a finished run
 DEFAULT_QUEUE = NAMESPACE  # Celery's queue for a task sent to no device (none is, today)
 
@@ -202,7 +202,7 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (ACTIVE_JOBS, "set", "the jobs initializing, training or recovering"),
     (DEVICES, "set", "all device ids"),
     (DEVICE_NAMES, "hash", "device names and the ids holding them"),
-    (PLAN_LOCK, "string", "the lock on choosing devices"),
+    (PLAN_LOCK, "string", "the lock on choosing devices (and deleting one)"),
     (device("*"), "string", "a device's JSON record"),
     (device_beat("*"), "string", "a device's lease (its worker's heartbeat)"),
     (device_deleted("*"), "string", "a device deleted through the API, which its worker must not register again"),

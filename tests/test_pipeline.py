@@ -170,7 +170,8 @@ def test_a_stage_that_cannot_start_fails_the_run_with_the_reason(redis_url, sett
     out = subprocess.run([sys.executable, str(script), redis_url, str(mnist_dir)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 1, out.stderr[-2000:]
-    assert "RunFailed: stage 0 process exited with code 1" in out.stderr
+    # Whichever stage exits first is the one named: both fail the same way.
+    assert re.search(r"RunFailed: stage \d process exited with code 1", out.stderr), out.stderr[-2000:]
     assert "if __name__ == '__main__':" in out.stderr
     assert "can only join a started process" not in out.stderr
 

@@ -207,10 +207,13 @@ class JobStore:
     def planning(self) -> Iterator[None]:
         """Held while a job picks its devices and claims them (``reserved``), and while a device is
         deleted: two jobs never take the same free devices, and none takes one being deleted. A 409
-        after waiting 15 s for it."""
+        after waiting 15 s for it (a holder that died lets go after 30 s)."""
         lock = self.r.lock(keys.PLAN_LOCK, timeout=30, blocking_timeout=15)
         if not lock.acquire():
-            raise Conflict("another job has been choosing its devices for 15 s: try again")
+            raise Conflict(
+                "another request has held the lock on choosing devices for 15 s (a job choosing its devices, "
+                "or a device being deleted): try again"
+            )
         try:
             yield
         finally:
@@ -219,7 +222,7 @@ class JobStore:
 
     def forget_device(self, device_id: str) -> None:
         """A device is leaving: refused while an active job's plan holds it; a ready job planned
-        on it must be initialized again."""
+        on it must be initialized again. Waits (up to 15 s, then a 409) while a job chooses devices."""
         with self.planning():  # not between a job's choice of it and its reservation
             holder = self.busy().get(device_id)
             if holder is not None:

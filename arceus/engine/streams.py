@@ -82,9 +82,9 @@ class Sender:
         if self._credits <= self.window // 2 and True not in self._pending:  # none asked for yet
             cmds.append(("LPOP", self.credit_key, self.window))
         self.conn.send(*cmds)
-        # What is owed stays bounded without a flush here: credits come only in LPOP replies, and a
-        # read of one reads every reply before it, so at most ``window`` sends are unread (two replies
-        # each) plus the one LPOP in flight.
+        # What is owed stays bounded without a flush here: credits are counted only from an LPOP's reply,
+        # and a read of one reads every reply before it (a BLPOP for credit comes after a full flush),
+        # so at most ``window`` sends are unread (two replies each) plus the one LPOP in flight.
         self._pending.extend(c[0] == "LPOP" for c in cmds)
 
     def flush(self, wait: bool = True) -> None:

@@ -204,7 +204,7 @@ def train_local(
         raise
     finally:
         for p in procs:
-            if p.pid is None:  # never started: the one before it failed to
+            if p.pid is None:  # never started (its start, or one before it, failed)
                 continue
             # A stage ends itself once told through Redis; with Redis lost it would only time out, call after call.
             p.join(timeout=0 if lost else 10)
