@@ -10,7 +10,9 @@ checkpoint part again is harmless). For each run it
   reached and each stage's TFLOP/s, so a completed job's last checkpoint is on disk;
 - when a stage stops beating, hands the job to its ``recoverer`` (the API's ``Control``):
   ``lose`` moves it to ``recovering``, and ``recover`` is called on every pass until the
-  job trains again on the devices it has, or fails.
+  job trains again on the devices it has, or fails. A recovery runs on a thread of its own,
+  one at a time for each job: loading its shards takes up to ``ARCEUS_INIT_TIMEOUT``, and
+  the other jobs' runs are followed meanwhile.
 A stage that fails marks the job failed itself (``control.host``), unless what failed was
 Redis (``liveness.lost_redis``): then it counts itself lost and the run is recovered. A run
 whose stages all vanished is failed by ``api.control.Control.reap``.
@@ -139,6 +141,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._indexed = False
+        self._recoveries: dict[str, threading.Thread] = {}  # job id -> its recovery, while it runs
 
     def start(self) -> Supervisor:
         self._thread = threading.Thread(target=self._loop, name="arceus-supervisor", daemon=True)
@@ -149,6 +152,8 @@ class Supervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for thread in list(self._recoveries.values()):
+            thread.join(timeout=10)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -196,7 +201,26 @@ class Supervisor:
             if lost is not None:
                 self.recoverer.lose(job, lost, run.step)
         elif job["status"] == "recovering":
+            self._recover(job)
+
+    def _recover(self, job: dict) -> None:
+        """Start the job's recovery on a thread of its own, unless one is still running."""
+        job_id = job["job_id"]
+        running = self._recoveries.get(job_id)
+        if running is not None and running.is_alive():
+            return
+        thread = threading.Thread(target=self._recovery, args=(job,), name=f"arceus-recover-{job_id}", daemon=True)
+        self._recoveries[job_id] = thread
+        thread.start()
+
+    def _recovery(self, job: dict) -> None:
+        try:
             self.recoverer.recover(job)
+        except Exception:  # logged like a pass's error; the next pass tries again
+            log.exception("supervisor: recovering job %s", job["job_id"])
+        finally:
+            if self._recoveries.get(job["job_id"]) is threading.current_thread():
+                del self._recoveries[job["job_id"]]
 
     def _follow(self, job: dict) -> _Run | None:
         run_id = job.get("run_id")

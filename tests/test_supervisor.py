@@ -1,0 +1,59 @@
+"""The supervisor against a real Redis: what it does for one job never holds up another's."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from arceus.checkpoints import CheckpointStore
+from arceus.config import SEED_JOB, JobConfig, TrainConfig
+from arceus.control.jobs import JobStore
+from arceus.control.supervisor import Supervisor
+from arceus.keys import RunKeys
+from arceus.liveness import RunLiveness
+from arceus.plan.partition import StageAssignment
+
+
+class SlowRecoverer:
+    """The API's ``Control`` as the supervisor sees it, with a recovery that takes until released
+    (as a load does while a device's worker takes its time to confirm its shard)."""
+
+    def __init__(self) -> None:
+        self.lost: queue.Queue = queue.Queue()
+        self.recovering = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def lose(self, job: dict, stage: int, step: int) -> None:
+        self.lost.put((job["job_id"], stage))
+
+    def recover(self, job: dict) -> None:
+        self.calls += 1
+        self.recovering.set()
+        self.release.wait(30)
+
+
+def _training(jobs: JobStore, run_id: str) -> str:
+    job_id = jobs.create(JobConfig.parse(SEED_JOB))
+    plan = [StageAssignment(0, 0, 2, "d0").to_dict(), StageAssignment(1, 2, 3, "d1").to_dict()]
+    jobs.transition(job_id, "training", allowed_from=("created",), run_id=run_id, plan=plan,
+                    train_config=TrainConfig.parse({"epochs": 1}).to_dict())  # fmt: skip
+    return job_id
+
+
+def test_a_slow_recovery_holds_up_no_other_job(r, tmp_path):
+    jobs = JobStore(r)
+    stuck, other = _training(jobs, "run-a"), _training(jobs, "run-b")
+    jobs.transition(stuck, "recovering", allowed_from=("training",), lost_device="d1", lost_stage=1,
+                    lost_step=3, lost_cause="no heartbeat for 6s", recovering_since=0)  # fmt: skip
+    recoverer = SlowRecoverer()
+    supervisor = Supervisor(r, CheckpointStore(tmp_path), recoverer, interval_s=0.05).start()
+    try:
+        assert recoverer.recovering.wait(10), "the supervisor never recovered the job"
+        # While that recovery is still loading, the other job loses a stage: it must be seen now.
+        RunLiveness(r, RunKeys(other, "run-b")).lose(0, "stage 0 stopped responding")
+        assert recoverer.lost.get(timeout=10) == (other, 0)
+        assert recoverer.calls == 1  # its passes (dozens by now) started no second recovery of the job
+    finally:
+        recoverer.release.set()
+        supervisor.stop()
