@@ -9,6 +9,7 @@ from flask import current_app, jsonify, request
 from flask.views import MethodView
 
 from arceus import __version__
+from arceus.codeid import code_id
 
 from .errors import TOKEN_COOKIE, Blueprint, session_value, token_matches
 from .schemas import ClusterSchema, HealthSchema, JoinSchema, MessageSchema, SessionSchema
@@ -70,7 +71,8 @@ class Cluster(MethodView):
     def get(self):
         """What the dashboard shows of the cluster itself: the version, and where Flower runs."""
         settings = current_app.config["ARCEUS_SETTINGS"]
-        return {"version": __version__, "flower_url": settings.flower_url, "token_required": bool(settings.token)}
+        return {"version": __version__, "code": code_id(), "flower_url": settings.flower_url,
+                "token_required": bool(settings.token)}  # fmt: skip
 
 
 @blp.route("/cluster/join")
@@ -81,7 +83,7 @@ class Join(MethodView):
         of the workers' own where the cluster has one). Needs the cluster token."""
         settings = current_app.config["ARCEUS_SETTINGS"]
         url = settings.worker_redis_url or settings.redis_url
-        return {"redis_url": _as_seen_from(url, request.host.rsplit(":", 1)[0].strip("[]"))}
+        return {"redis_url": _as_seen_from(url, request.host.rsplit(":", 1)[0].strip("[]")), "code": code_id()}
 
 
 def _as_seen_from(url: str, host: str) -> str:

@@ -18,6 +18,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from arceus import keys
 from arceus.blobs import put_blob
 from arceus.checkpoints import CheckpointStore
+from arceus.codeid import different_code
 from arceus.config import JobConfig, TrainConfig
 from arceus.control.devices import LEASE_S
 from arceus.control.jobs import TRANSITIONS, JobStore, conflict_message
@@ -78,6 +79,15 @@ def _with_links(shards: list[StageAssignment], confirmed: list[dict]) -> list[St
         log.warning("the workers' link reports do not add up (%s: %s): auto falls back to %s",
                     type(e).__name__, e, wires.FALLBACK)  # fmt: skip
         return shards
+
+
+def _same_code(devices: list[dict]) -> list[dict]:
+    """``devices``, once each one's worker is known to run the API's code (else a 409 naming it)."""
+    for d in devices:
+        why = different_code(d)
+        if why is not None:
+            raise Conflict(why)
+    return devices
 
 
 def _no_worker(device: dict) -> str:
@@ -175,7 +185,7 @@ class Control:
                     raise Conflict(f"device {d['device_id']} is not live: {_no_worker(d)}")
                 if d["device_id"] in busy:
                     raise Conflict(f"device {d['device_id']} serves job {busy[d['device_id']]}, which is active")
-            return devices
+            return _same_code(devices)
         own = self.store.registered_devices(job_id)
         if own:
             live = [d for d in own if d["alive"] and d["device_id"] not in busy]
@@ -193,7 +203,7 @@ class Control:
                     f"job {job_id} has no devices: no live device is free. Start `arceus worker` on a machine (or "
                     "register one with POST /api/devices/register and run the worker command it answers)"
                 )
-        return live[: len(units(config.layers))]
+        return _same_code(live[: len(units(config.layers))])
 
     def _check_devices(self, job: dict, shards: tuple[StageAssignment, ...]) -> None:
         """Before a run: every device of the plan is live and serves no other active job."""
@@ -347,7 +357,9 @@ class Control:
                 if not (back or newcomer) and now - since < self.recover_wait_s:
                     return  # keep waiting
                 if not devices:
-                    raise Conflict(f"no worker of the job's devices answered within {self.recover_wait_s:.0f}s")
+                    other = [why for d in job["devices"] if d["alive"] and (why := different_code(d))]
+                    raise Conflict(f"no worker of the job's devices answered within {self.recover_wait_s:.0f}s"
+                                   + (f" that runs the API's code ({other[0]})" if other else ""))  # fmt: skip
                 manifest, epochs = self._resume_point(job, train)
                 config = JobConfig.parse(job["config"])
                 shards = self._plan(config, devices[: len(units(config.layers))], _kept_costs(job, config))
@@ -414,7 +426,7 @@ class Control:
         busy, lost = self.store.busy(except_job=job["job_id"]), str(job["lost_device"])
 
         def usable(d: dict) -> bool:
-            if not d["alive"] or d["device_id"] in busy:
+            if not d["alive"] or d["device_id"] in busy or different_code(d) is not None:
                 return False
             return d["device_id"] != lost or now - d["last_seen_s"] > since
 

@@ -264,12 +264,16 @@ class HealthSchema(Schema):
 
 class ClusterSchema(Schema):
     version = fields.String()
+    code = fields.String(metadata={"description": "the digest of the Arceus code the API runs; every worker must "
+                                                  "run the same"})  # fmt: skip
     flower_url = fields.String(allow_none=True, metadata={"description": "Flower, where it runs beside the API"})
     token_required = fields.Boolean(metadata={"description": "whether requests need the cluster token"})
 
 
 class JoinSchema(Schema):
     redis_url = fields.String(metadata={"description": "the broker and streams of the cluster, for its workers"})
+    code = fields.String(metadata={"description": "the digest of the Arceus code the API runs: a worker that runs "
+                                                  "other code does not join"})  # fmt: skip
 
 
 class JobCreatedSchema(Schema):
@@ -286,6 +290,9 @@ class DeviceSchema(DeviceRegisterSchema):
     free_memory_gb = fields.Float(
         metadata={"description": "GiB free on its torch device (the machine's available memory for CPU and "
                                  "MPS) as its worker started; the plan keeps within it"})  # fmt: skip
+    code = fields.String(
+        metadata={"description": "the digest of the Arceus code its worker runs (GET /api/cluster has the API's): "
+                                 "jobs are planned only on devices that run the API's code"})  # fmt: skip
     registered_at = fields.Float(metadata={"description": "Unix time"})
     alive = fields.Boolean(metadata={"description": f"its worker's heartbeat was heard within {LEASE_S:.0f}s"})
     worker = fields.String(allow_none=True, metadata={"description": "the Celery worker serving it (device-<id>@host)"})

@@ -461,6 +461,7 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
         job = cluster.wait_for(job_id, lambda j: j["devices"][0].get("gflops"), 30, "the worker's measurements")
         measured = job["devices"][0]
         assert measured["gflops"] > 0 and 0 < measured["free_memory_gb"] <= measured["memory_gb"]
+        assert measured["code"] == cluster.ok("GET", "/api/cluster")["code"]  # the same tree: the same code id
         status, init = cluster.call("POST", f"/api/network/initialize/{job_id}")  # served by that worker
         assert status == 200 and init["devices"][0]["device_id"] == device["device_id"]
     finally:
@@ -476,6 +477,56 @@ def test_arceus_worker_registers_serves_its_queue_and_unregisters(cluster):
     assert f"device {device['device_id']} stopped serving" in output
     after = cluster.ok("GET", f"/api/devices/{device['device_id']}")  # kept for its return, lease given up
     assert not after["alive"] and after["name"] == "laptop"
+
+
+def test_a_machine_that_runs_other_code_takes_no_part_in_a_job(cluster, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from cluster import ROOT
+
+    # A machine left on another commit: this tree's packages with one comment more.
+    other = tmp_path / "other"
+    for package in ("arceus", "workers"):
+        shutil.copytree(ROOT / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "arceus" / "keys.py", "a") as f:
+        f.write("# another commit\n")
+    env, ours = {**cluster.env, "PYTHONPATH": str(other)}, cluster.ok("GET", "/api/cluster")["code"]
+    # `arceus worker --join` refuses at once, naming both.
+    joined = subprocess.run(
+        [sys.executable, "-m", "arceus.cli", "worker", "--join", cluster.base, "--name", "stale"],
+        cwd=other, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert joined.returncode == 2, joined.stdout + joined.stderr  # an error of ours (cli.main)
+    theirs = re.search(r"this machine runs Arceus \S+ \(code ([0-9a-f]{12})\)", joined.stderr).group(1)
+    assert theirs != ours and f"the cluster's API at {cluster.base} runs code {ours}" in joined.stderr
+    assert not cluster.ok("GET", "/api/devices")["devices"]  # it registered nothing
+    doctor = subprocess.run([sys.executable, "-m", "arceus.cli", "doctor", "--join", cluster.base], cwd=other,
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert doctor.returncode == 1, doctor.stdout
+    assert re.search(rf"FAIL  code +this machine runs Arceus code {theirs}, the API code {ours}", doctor.stdout)
+    # The original flow (a device registered by hand, served by that tree's `celery -A workers worker`):
+    # the worker says what it runs, and the job is refused before any worker is asked for anything.
+    job_id = cluster.ok("POST", "/api/jobs", SEED_JOB)["job_id"]
+    device = cluster.ok("POST", "/api/devices/register", {"job_id": job_id, "name": "stale"})
+    queue = device["queue"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-n", f"{queue}@%h"],
+        cwd=other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        cluster.wait_live([device["device_id"]])
+        assert cluster.ok("GET", f"/api/devices/{device['device_id']}")["code"] == theirs
+        status, body = cluster.call("POST", f"/api/network/initialize/{job_id}")
+        assert status == 409, body
+        said = body["message"]
+        assert said.startswith(f"device {device['device_id']} (stale) runs Arceus code {theirs}, and this API runs ")
+        assert f"(code {ours}): every machine must run the same Arceus" in said
+        assert cluster.ok("GET", f"/api/jobs/{job_id}")["status"] == "created"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_a_run_whose_workers_are_all_gone_fails_instead_of_hanging(redis_url, tmp_path):

@@ -219,7 +219,7 @@ def test_every_route_needs_the_token(redis_url, tmp_path):
         doctor = [sys.executable, "-m", "arceus.cli", "doctor", "--join", c.base]
         good = subprocess.run(doctor, cwd=ROOT, env=c.env, capture_output=True, text=True, timeout=120)
         assert good.returncode == 0, good.stdout + good.stderr
-        for check in ("api", "token", "redis", "torch", "data dir", "memory"):
+        for check in ("api", "token", "code", "redis", "torch", "data dir", "memory"):
             assert f"ok    {check}" in good.stdout, good.stdout
         assert re.search(r"ok    redis +127\.0\.0\.1:\d+ answers", good.stdout), good.stdout
         bad = subprocess.run([*doctor, "--token", "wrong"], cwd=ROOT, env=c.env, capture_output=True, text=True,

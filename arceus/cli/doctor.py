@@ -16,6 +16,7 @@ import urllib.request
 
 import redis
 
+from ..codeid import code_id
 from ..control import clusterfile
 from ..control.client import ApiClient
 from ..errors import ApiError
@@ -84,6 +85,14 @@ def _api(out: _Report, url: str, token: str | None) -> str | None:
         out.line("FAIL", "token", f"{e}{hint}")
         return None
     out.line("ok", "token", "accepted" if token else "none needed (the API runs open on its loopback)")
+    theirs = joined.get("code")
+    if theirs is None:
+        out.line("warn", "code", f"the API runs an Arceus from before code ids; this machine runs code {code_id()}")
+    elif theirs != code_id():
+        out.line("FAIL", "code", f"this machine runs Arceus code {code_id()}, the API code {theirs}: install the "
+                 "same Arceus on every machine (the same commit or release)")  # fmt: skip
+    else:
+        out.line("ok", "code", f"{code_id()}, the same as the API's")
     return joined["redis_url"]
 
 

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from .. import __version__
+from ..codeid import code_id
 from ..control import clusterfile
 from ..control.client import ApiClient
 from ..control.devices import BEAT_S, LEASE_S
@@ -60,7 +62,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(device=args.device)
     url, token = clusterfile.join_target(settings.home, settings.api_url, args.api_url, args.token or settings.token)
     client = ApiClient(url, timeout_s=30, token=token)
-    redis_url = _join(client)
+    joined = _join(client)
+    redis_url = joined["redis_url"]
+    if joined.get("code") not in (None, code_id()):  # an API from before code ids says none: its plans will tell
+        raise ApiError(
+            f"this machine runs Arceus {__version__} (code {code_id()}), and the cluster's API at {url} runs "
+            f"code {joined['code']}: every machine must run the same Arceus. Install the API's here (the same "
+            "commit or release), then start the worker again"
+        )
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
     except redis.RedisError as e:
@@ -194,13 +203,13 @@ def _without_token(argv: list[str]) -> list[str]:
     return out
 
 
-def _join(client: ApiClient, wait_s: float = 120.0) -> str:
-    """The cluster's Redis URL, from its API (a 401 names a wrong token). An API that is not up yet
-    (started beside us by honcho or compose) is waited for."""
+def _join(client: ApiClient, wait_s: float = 120.0) -> dict:
+    """The cluster's Redis URL and the API's code id, from its API (a 401 names a wrong token). An
+    API that is not up yet (started beside us by honcho or compose) is waited for."""
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:
-            return client.get("/api/cluster/join")["redis_url"]
+            return client.get("/api/cluster/join")
         except ApiError as e:
             if e.status is not None and e.status != 503 or time.monotonic() > deadline:
                 raise

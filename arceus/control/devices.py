@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 # What a device's worker says of itself as it starts, always its own (a field it does not send
 # is cleared): its matmul GFLOP/s and free memory (engine.device.describe_machine), which the
-# plan divides the work by, and its data Redis (the streams into its stages), if it runs one.
-WORKER_FIELDS = ("gflops", "free_memory_gb", "data_url")
+# plan divides the work by, its data Redis (the streams into its stages), if it runs one, and
+# the code it runs (arceus.codeid: a worker from before code ids clears it).
+WORKER_FIELDS = ("gflops", "free_memory_gb", "data_url", "code")
 BEAT_S = 2.0  # a worker renews its devices' leases this often
 LEASE_S = 10.0  # a device unheard of this long is not live: planning skips it, its name is free again
 REGISTERED = b"registered"  # the lease a registration holds until its worker first beats
