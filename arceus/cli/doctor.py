@@ -155,8 +155,15 @@ def _memory(out: _Report) -> None:
     except (ValueError, OSError, AttributeError):
         out.line("warn", "memory", "unknown")
         return
-    try:
-        free = page * os.sysconf("SC_AVPHYS_PAGES") / 2**30  # Linux; macOS has no such count
-        out.line("ok" if free > 1 else "warn", "memory", f"{free:.1f} of {total:.1f} GiB free")
-    except (ValueError, OSError):
+    try:  # what a worker reports, and the plan keeps within (Linux's MemAvailable, macOS's free + inactive)
+        import torch  # noqa: PLC0415
+
+        from ..engine.device import free_memory_gb  # noqa: PLC0415
+
+        free = free_memory_gb(torch.device("cpu"))
+    except ImportError:  # said by the torch line
+        free = None
+    if free is None:
         out.line("ok", "memory", f"{total:.1f} GiB")
+    else:
+        out.line("ok" if free > 1 else "warn", "memory", f"{free:.1f} of {total:.1f} GiB free")

@@ -5,14 +5,24 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import socket
+import subprocess
+import sys
 import time
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["describe_machine", "free_memory_gb", "matmul_gflops", "pick_device", "synchronize"]
+__all__ = [
+    "available_from_vm_stat",
+    "describe_machine",
+    "free_memory_gb",
+    "matmul_gflops",
+    "pick_device",
+    "synchronize",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +98,31 @@ def matmul_gflops(dev: torch.device, seconds: float = SPEED_S) -> float:
 
 def free_memory_gb(dev: torch.device) -> float | None:
     """Memory a stage may still take on ``dev``, in GiB: the GPU's free memory for CUDA, what
-    Metal recommends less what it holds for MPS, else the machine's available memory (Linux)."""
+    Metal recommends less what it holds for MPS, else the machine's available memory (Linux's
+    MemAvailable; on macOS, its free and inactive pages)."""
     try:
         if dev.type == "cuda":
             free = torch.cuda.mem_get_info(dev)[0]
         elif dev.type == "mps":
             free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        elif sys.platform == "darwin":
+            out = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=10, check=True).stdout
+            free = available_from_vm_stat(out)
         else:
             with open("/proc/meminfo") as f:
                 fields = dict(line.split(":", 1) for line in f)
             free = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError, AttributeError, RuntimeError):
+    except (OSError, KeyError, ValueError, AttributeError, RuntimeError, subprocess.SubprocessError):
         return None
     return round(max(free, 0) / 2**30, 2)
+
+
+def available_from_vm_stat(text: str) -> int:
+    """Bytes macOS can give a new process at once, from ``vm_stat``'s output: its free pages and
+    its inactive ones (cached, dropped on demand), at the page size it states. ValueError when
+    the output lacks one of them."""
+    size = re.search(r"page size of (\d+) bytes", text)
+    pages = {m[1]: int(m[2]) for m in re.finditer(r"^Pages (free|inactive):\s+(\d+)\.?\s*$", text, re.M)}
+    if size is None or len(pages) != 2:
+        raise ValueError(f"vm_stat's output has no page size, free and inactive pages: {text[:200]!r}")
+    return int(size[1]) * (pages["free"] + pages["inactive"])
