@@ -9,6 +9,7 @@ from arceus.checkpoints import CheckpointStore
 from arceus.config import SEED_JOB, JobConfig, TrainConfig
 from arceus.control.jobs import JobStore
 from arceus.control.supervisor import Supervisor
+from arceus.events import EventLog
 from arceus.keys import RunKeys
 from arceus.liveness import RunLiveness
 from arceus.plan.partition import StageAssignment
@@ -25,7 +26,7 @@ class SlowRecoverer:
         self.calls = 0
 
     def lose(self, job: dict, stage: int, step: int) -> None:
-        self.lost.put((job["job_id"], stage))
+        self.lost.put((job["job_id"], stage, step))
 
     def recover(self, job: dict) -> None:
         self.calls += 1
@@ -52,8 +53,26 @@ def test_a_slow_recovery_holds_up_no_other_job(r, tmp_path):
         assert recoverer.recovering.wait(10), "the supervisor never recovered the job"
         # While that recovery is still loading, the other job loses a stage: it must be seen now.
         RunLiveness(r, RunKeys(other, "run-b")).lose(0, "stage 0 stopped responding")
-        assert recoverer.lost.get(timeout=10) == (other, 0)
+        assert recoverer.lost.get(timeout=10)[:2] == (other, 0)
         assert recoverer.calls == 1  # its passes (dozens by now) started no second recovery of the job
     finally:
         recoverer.release.set()
+        supervisor.stop()
+
+
+def test_a_lost_run_is_at_least_at_the_last_checkpoint_it_saved(r, tmp_path):
+    # The last stage reports progress every 0.5 s at most: a run of fast epochs may report its first
+    # step, then only checkpoints, before a stage is lost.
+    jobs = JobStore(r)
+    job_id = _training(jobs, "run-c")
+    events = EventLog(r, RunKeys(job_id, "run-c"))
+    events.emit("progress", epoch=1, step=1, steps=30, loss=2.3, accuracy=0.1, samples=100, job_step=1)
+    for stage in (0, 1):  # their parts are gone from Redis: the store says so, and the step still counts
+        events.emit("checkpoint_part", stage=stage, step=60, epoch=2, batch=0, end_epoch=3)
+    recoverer = SlowRecoverer()
+    supervisor = Supervisor(r, CheckpointStore(tmp_path), recoverer, interval_s=0.05).start()
+    try:
+        RunLiveness(r, RunKeys(job_id, "run-c")).lose(1, "stage 1 stopped responding")
+        assert recoverer.lost.get(timeout=10) == (job_id, 1, 60)
+    finally:
         supervisor.stop()

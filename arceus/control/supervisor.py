@@ -90,7 +90,9 @@ class _Run:
         self.events = EventLog(r, self.spec.keys)
         self.liveness = RunLiveness(r, self.spec.keys)
         self.cursor = b"0-0"
-        self.step = self.spec.start_step  # the job's step the run reported last (about)
+        # The job's step the run reached, about: its last stage's latest progress (every 0.5 s at most)
+        # or a checkpoint a stage saved, whichever is further on.
+        self.step = self.spec.start_step
         self.done: set[int] = set()
         self.epochs: list[dict] = []
         self.stage_rows: list[dict] = []
@@ -101,6 +103,9 @@ class _Run:
         n, latest = 0, {}
         for entry_id, ev in self.events.read(self.cursor):
             self.cursor, n = entry_id, n + 1
+            reached = {"progress": "job_step", "checkpoint_part": "step"}.get(ev["type"])
+            if reached is not None:  # before the part is handled: writing it may fail
+                self.step = max(self.step, int(ev.get(reached, 0)))
             self.collector.handle(ev)
             if ev["type"] == "epoch":
                 self.epochs.append(ev)
@@ -110,8 +115,6 @@ class _Run:
                 latest["latest_stages"] = None  # made once, below
             elif ev["type"] == "stage_done":
                 self.done.add(int(ev["stage"]))
-            elif ev["type"] == "progress":
-                self.step = max(self.step, int(ev.get("job_step", 0)))
         if "latest_stages" in latest:  # each stage's newest row
             latest["latest_stages"] = {str(s["stage"]): s for s in self.stage_rows}
         if latest:
