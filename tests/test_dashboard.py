@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from cluster import Cluster
+from cluster import Cluster, until_epoch
 
 CHROMIUM = os.environ.get("ARCEUS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # CI sets ARCEUS_BROWSER_TESTS=required: there a missing browser fails the suite instead of skipping.
@@ -121,6 +123,39 @@ def test_a_job_created_in_the_page_trains_with_live_curves(cluster, page):
     here = urlsplit(cluster.base).netloc
     elsewhere = [u for u in page.requests if urlsplit(u).scheme in ("http", "https") and urlsplit(u).netloc != here]
     assert not elsewhere and len(page.requests) > 5, page.requests  # every asset and call from the API
+
+
+def test_a_recovered_job_shows_its_recovery_and_a_step_curve_that_goes_forward(cluster, page):
+    # 300 steps an epoch: seconds, so the last stage reports progress (every 0.5 s) all through each.
+    job_id = cluster.ok("POST", "/api/jobs", {**JOB, "dataset_config": {"name": "MNIST", "batch_size": 10}})["job_id"]
+    devices = []
+    for name in ("mac-a", "mac-b", "spare"):
+        devices.append(cluster.ok("POST", "/api/devices/register", {"job_id": job_id, "name": name})["device_id"])
+        if name != "spare":  # its worker starts once the job has lost one
+            cluster.start_worker(devices[-1])
+    cluster.wait_live(devices[:2])
+    cluster.ok("POST", f"/api/network/initialize/{job_id}", {"devices": devices[:2]})
+    page.goto(f"{cluster.base}/#/jobs/{job_id}")  # followed live, as a user watching it would
+    sync_api.expect(page.locator("#status")).to_have_text("ready")
+    cluster.ok("POST", f"/api/network/train/{job_id}", {"epochs": 3, "wire": "fp32"})
+    until_epoch(cluster.client(), job_id, 2)  # the checkpoint of epoch 1 is saved; epoch 2 is under way
+    cluster.kill(f"worker-{devices[1]}")
+    sync_api.expect(page.locator("#status")).to_have_text("recovering")
+    cluster.start_worker(devices[2])
+    sync_api.expect(page.locator("#status")).to_have_text("completed")
+    (rec,) = cluster.ok("GET", f"/api/jobs/{job_id}")["recoveries"]
+    assert rec["at_step"] >= rec["resumed_from_step"] > 0  # lost after the checkpoint it resumed from
+    said = re.escape(f"device {devices[1]} (stage {rec['stage_lost']}) lost at step {rec['at_step']} ({rec['cause']}); "
+                     f"resumed from step {rec['resumed_from_step']} after ") + r"[\d.]+" + re.escape(
+                     f" s ({rec['steps_redone']} steps redone)")  # fmt: skip
+    sync_api.expect(page.locator("#recoveries li")).to_have_text(re.compile(said))
+    # The steps after the checkpoint ran twice: the recovery's losses replace the lost run's, so the
+    # curve never goes back (its points' x, in the order drawn, only grow).
+    curve, drawn = "#chart-steps path[data-series='training loss']", None
+    while drawn != (drawn := page.locator(curve).get_attribute("d")):  # until the feed has no more to draw
+        time.sleep(1)
+    xs = [float(x) for x in re.findall(r"[ML](-?[\d.]+),", drawn)]
+    assert len(xs) >= 3 and all(a < b for a, b in zip(xs, xs[1:], strict=False)), drawn
 
 
 def test_stop_from_the_page_and_a_failed_jobs_error(cluster, page):

@@ -368,7 +368,11 @@ function follow(state) {
     if (ev.type === "epoch") { state.epochs.set(ev.epoch, ev); setProgress({ epoch: ev.epoch, epochs: ev.epochs }); redraw(); }
     else if (ev.type === "stage") { state.stages.set(`${ev.epoch}:${ev.stage}`, ev); redraw(); }
     else if (ev.type === "progress") {
-      if (ev.job_step) state.steps.push([ev.job_step, ev.loss]);
+      if (ev.job_step) {
+        // A recovery's run redoes the steps after its checkpoint: theirs replace the lost run's.
+        while (state.steps.length && state.steps[state.steps.length - 1][0] >= ev.job_step) state.steps.pop();
+        state.steps.push([ev.job_step, ev.loss]);
+      }
       setProgress(ev);
       redraw();
     } else if (ev.type === "state") {
