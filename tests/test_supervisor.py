@@ -76,3 +76,25 @@ def test_a_lost_run_is_at_least_at_the_last_checkpoint_it_saved(r, tmp_path):
         assert recoverer.lost.get(timeout=10) == (job_id, 1, 60)
     finally:
         supervisor.stop()
+
+
+def test_a_recovery_begun_from_a_record_the_job_has_moved_on_from_does_nothing(r, tmp_path):
+    # A pass reads every job, then handles each: the job's previous recovery may end in between,
+    # having moved the job on to a new run. Recovering it again would load shards onto the
+    # workers its new run is training on.
+    jobs = JobStore(r)
+    job_id = _training(jobs, "run-a")
+    jobs.transition(job_id, "recovering", allowed_from=("training",), lost_device="d1", lost_stage=1,
+                    lost_step=3, lost_cause="no heartbeat for 6s", recovering_since=0)  # fmt: skip
+    stale = jobs.get(job_id)
+    jobs.transition(job_id, "training", allowed_from=("recovering",), run_id="run-b")  # that recovery's end
+    recoverer = SlowRecoverer()
+    recoverer.release.set()
+    supervisor = Supervisor(r, CheckpointStore(tmp_path), recoverer)  # not started: one recovery, by hand
+    supervisor._recover(stale)
+    supervisor.stop()  # waits for its recovery thread
+    assert recoverer.calls == 0
+    jobs.transition(job_id, "recovering", allowed_from=("training",))  # run-b is lost in turn
+    supervisor._recover(jobs.get(job_id))
+    supervisor.stop()
+    assert recoverer.calls == 1  # the job as it is now, recovering: recovered

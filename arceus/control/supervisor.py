@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Protocol
 
 import redis
@@ -155,8 +156,9 @@ class Supervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        deadline = time.monotonic() + 10  # for them all: a recovery's load may wait far longer
         for thread in list(self._recoveries.values()):
-            thread.join(timeout=10)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -217,13 +219,22 @@ class Supervisor:
         thread.start()
 
     def _recovery(self, job: dict) -> None:
+        job_id = job["job_id"]
         try:
-            self.recoverer.recover(job)
+            # The pass read ``job`` before this job's previous recovery (if any) ended: that one may
+            # have moved it on since. Recover only the job as it is now, still recovering that run.
+            now = self.jobs.get(job_id)
+            if now["status"] == "recovering" and now.get("run_id") == job.get("run_id"):
+                self.recoverer.recover(now)
+        except NotFound:  # deleted meanwhile
+            pass
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("supervisor: Redis is unreachable while recovering job %s (%s); retrying", job_id, e)
         except Exception:  # logged like a pass's error; the next pass tries again
-            log.exception("supervisor: recovering job %s", job["job_id"])
+            log.exception("supervisor: recovering job %s", job_id)
         finally:
-            if self._recoveries.get(job["job_id"]) is threading.current_thread():
-                del self._recoveries[job["job_id"]]
+            if self._recoveries.get(job_id) is threading.current_thread():
+                del self._recoveries[job_id]
 
     def _follow(self, job: dict) -> _Run | None:
         run_id = job.get("run_id")
