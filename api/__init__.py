@@ -23,6 +23,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The API for ``settings`` (default: from the environment). Imports no torch."""
+    from arceus.codeid import code_id  # noqa: PLC0415
     from workers import DEFAULT_REDIS_URL, make_celery  # noqa: PLC0415 - imported on demand: no torch
 
     from . import cluster, devices, events, jobs, network  # noqa: PLC0415
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or Settings.from_env()
     settings = replace(settings, redis_url=settings.redis_url or DEFAULT_REDIS_URL)
+    code_id()  # the code this API runs, read as it starts: files edited later do not change it
 
     app = Flask("arceus")
     app.config.update(

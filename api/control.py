@@ -169,9 +169,10 @@ class Control:
         return {"plan": stages, "devices": confirmed, "step": step}
 
     def choose_devices(self, job: dict, config: JobConfig, asked: list[str] | None = None) -> list[dict]:
-        """The devices a job's plan goes over: those ``asked`` for (each must exist, be live and be
-        free); else the live ones registered for the job; else every live device no other active
-        job uses. A default choice takes as many as the model has layers."""
+        """The devices a job's plan goes over: those ``asked`` for (each must exist, be live, be
+        free and run the API's code); else the live ones registered for the job (each running the
+        API's code); else every live device no other active job uses, of those that run the API's
+        code. A default choice takes as many as the model has layers."""
         job_id, busy = job["job_id"], self.store.busy(except_job=job["job_id"])
         if asked:
             if len(set(asked)) != len(asked):
@@ -196,8 +197,11 @@ class Control:
                     f"none of the devices registered for job {job_id} ({[d['device_id'] for d in own]}) can take it: "
                     f"{why}"
                 )
-        else:
-            live = [d for d in self.store.devices.live() if d["device_id"] not in busy]
+        else:  # the pool: a device whose worker runs other code is left out (one registered for the job is not)
+            free = [d for d in self.store.devices.live() if d["device_id"] not in busy]
+            live = [d for d in free if different_code(d) is None]
+            if free and not live:
+                raise Conflict(different_code(free[0]))
             if not live:
                 raise Conflict(
                     f"job {job_id} has no devices: no live device is free. Start `arceus worker` on a machine (or "
@@ -357,7 +361,7 @@ class Control:
                 if not (back or newcomer) and now - since < self.recover_wait_s:
                     return  # keep waiting
                 if not devices:
-                    other = [why for d in job["devices"] if d["alive"] and (why := different_code(d))]
+                    other = [different_code(d) for d in job["devices"] if d["alive"] and different_code(d)]
                     raise Conflict(f"no worker of the job's devices answered within {self.recover_wait_s:.0f}s"
                                    + (f" that runs the API's code ({other[0]})" if other else ""))  # fmt: skip
                 manifest, epochs = self._resume_point(job, train)

@@ -2,21 +2,23 @@
 
 Every process of a cluster must run the same code: the tasks' arguments, the stream payloads
 and the layers a model may use change between commits, and ``__version__`` does not follow
-them. A worker reports ``code_id()`` with its device; the API plans only on devices whose code
-is its own, and ``arceus worker --join`` refuses to serve a cluster whose API runs other code.
-The digest covers the ``arceus`` and ``workers`` packages' Python files (their paths and bytes),
-so the same commit gives the same id on every machine, installed from a checkout or a wheel.
+them. A worker's heartbeat carries ``code_id()`` with its device's lease; the API plans only on
+devices whose code is its own, and ``arceus worker --join`` refuses to serve a cluster whose API
+runs other code. The digest covers the ``arceus`` and ``workers`` packages' Python files as
+this process imports them (their paths and text, line endings aside), so the same commit gives
+the same id on every machine and OS, from a checkout or a wheel; local changes change it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 from pathlib import Path
 
 from . import __version__
 
-__all__ = ["code_id", "describe_code", "different_code"]
+__all__ = ["code_id", "different_code"]
 
 _PACKAGES = ("arceus", "workers")
 
@@ -24,17 +26,18 @@ _PACKAGES = ("arceus", "workers")
 @functools.cache
 def code_id() -> str:
     """12 hex digits of SHA-256 over the shared packages' ``.py`` files, in path order."""
-    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for package in _PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
+        spec = importlib.util.find_spec(package)  # where an import would find it; imports nothing new
+        if spec is None or not spec.submodule_search_locations:
+            digest.update(f"{package}: missing\0".encode())
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        files = {path.relative_to(root).as_posix(): path for path in root.rglob("*.py")}
+        for name in sorted(files):
+            digest.update(f"{package}/{name}\0".encode())
+            digest.update(files[name].read_bytes().replace(b"\r\n", b"\n") + b"\0")  # a Windows checkout's CRLF
     return digest.hexdigest()[:12]
-
-
-def describe_code(code: str | None) -> str:
-    return f"Arceus code {code}" if code else "an Arceus from before code ids"
 
 
 def different_code(device: dict) -> str | None:
@@ -42,9 +45,11 @@ def different_code(device: dict) -> str | None:
     theirs = device.get("code")
     if theirs == code_id():
         return None
-    name = device.get("name") or device.get("host") or "its machine"
+    what = f"Arceus code {theirs}" if theirs else "an Arceus from before code ids"
+    machine = device.get("host") or device.get("name") or "its machine"
     return (
-        f"device {device['device_id']} ({name}) runs {describe_code(theirs)}, and this API runs {__version__} "
-        f"(code {code_id()}): every machine must run the same Arceus. Install this one on {name} and start its "
-        "worker again"
+        f"device {device['device_id']} ({device.get('name') or machine}) runs {what}, and this API runs "
+        f"{__version__} (code {code_id()}): every machine must run the same Arceus, with the same local changes. "
+        f"Install this one on {machine} and start its worker again (or, if the API is the one behind, update it "
+        "and restart it)"
     )

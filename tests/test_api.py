@@ -524,6 +524,15 @@ def test_a_machine_that_runs_other_code_takes_no_part_in_a_job(cluster, tmp_path
         assert said.startswith(f"device {device['device_id']} (stale) runs Arceus code {theirs}, and this API runs ")
         assert f"(code {ours}): every machine must run the same Arceus" in said
         assert cluster.ok("GET", f"/api/jobs/{job_id}")["status"] == "created"
+        # A job with no devices of its own plans over the pool, which leaves that device out.
+        pool_job = cluster.ok("POST", "/api/jobs", SEED_JOB)["job_id"]
+        status, body = cluster.call("POST", f"/api/network/initialize/{pool_job}")
+        assert status == 409 and body["message"].startswith(f"device {device['device_id']} (stale) runs "), body
+        cluster.start_device("fresh", threads=1)
+        cluster.wait_for_workers(2)
+        (fresh,) = [d["device_id"] for d in cluster.ok("GET", "/api/devices")["devices"] if d["name"] == "fresh"]
+        plan = cluster.ok("POST", f"/api/network/initialize/{pool_job}")["plan"]
+        assert {s["device_id"] for s in plan} == {fresh}
     finally:
         proc.terminate()
         proc.wait(timeout=60)

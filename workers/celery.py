@@ -17,7 +17,6 @@ import time
 import redis
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
-from arceus.codeid import code_id
 from arceus.control.devices import DeviceBeat
 from arceus.settings import Settings
 
@@ -56,7 +55,6 @@ def _start_beat(sender=None, **_: object) -> None:
     info = {k: v for k, v in describe_machine(settings.device).items() if v is not None}
     if settings.data_redis_url:  # `arceus worker` started a Redis for the streams into this device
         info["data_url"] = settings.data_redis_url
-    info["code"] = code_id()  # the API plans only on devices that run its own code
     r = redis.Redis.from_url(sender.app.conf.broker_url, socket_timeout=10, socket_connect_timeout=10)
     _beat = DeviceBeat(r, ids, sender.hostname, info).start()
     log.info("holding the lease of device(s) %s", ", ".join(ids))

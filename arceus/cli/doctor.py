@@ -155,7 +155,7 @@ def _memory(out: _Report) -> None:
     except (ValueError, OSError, AttributeError):
         out.line("warn", "memory", "unknown")
         return
-    try:  # what a worker reports, and the plan keeps within (Linux's MemAvailable, macOS's free + inactive)
+    try:  # the machine's available memory, as a CPU worker reports it (Linux's MemAvailable, macOS's free + inactive)
         import torch  # noqa: PLC0415
 
         from ..engine.device import free_memory_gb  # noqa: PLC0415

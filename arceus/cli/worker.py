@@ -67,8 +67,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if joined.get("code") not in (None, code_id()):  # an API from before code ids says none: its plans will tell
         raise ApiError(
             f"this machine runs Arceus {__version__} (code {code_id()}), and the cluster's API at {url} runs "
-            f"code {joined['code']}: every machine must run the same Arceus. Install the API's here (the same "
-            "commit or release), then start the worker again"
+            f"code {joined['code']}: every machine must run the same Arceus, with the same local changes. Install "
+            "the API's here (the same commit or release) and start the worker again, or, if the API is the one "
+            "behind, update it and restart it"
         )
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()

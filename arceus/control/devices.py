@@ -22,6 +22,7 @@ import uuid
 import redis
 
 from .. import keys
+from ..codeid import code_id
 from ..errors import Conflict, NotFound
 
 __all__ = ["BEAT_S", "LEASE_S", "DeviceBeat", "DeviceRegistry", "check_device_id"]
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 
 # What a device's worker says of itself as it starts, always its own (a field it does not send
 # is cleared): its matmul GFLOP/s and free memory (engine.device.describe_machine), which the
-# plan divides the work by, its data Redis (the streams into its stages), if it runs one, and
-# the code it runs (arceus.codeid: a worker from before code ids clears it).
-WORKER_FIELDS = ("gflops", "free_memory_gb", "data_url", "code")
+# plan divides the work by, and its data Redis (the streams into its stages), if it runs one.
+# The code it runs (arceus.codeid) is in its lease instead: it is the code of whichever worker
+# holds the lease now, and of none once the lease lapses.
+WORKER_FIELDS = ("gflops", "free_memory_gb", "data_url")
 BEAT_S = 2.0  # a worker renews its devices' leases this often
 LEASE_S = 10.0  # a device unheard of this long is not live: planning skips it, its name is free again
 REGISTERED = b"registered"  # the lease a registration holds until its worker first beats
@@ -169,6 +171,8 @@ class DeviceRegistry:
         record["alive"] = lease is not None
         record["worker"] = lease["worker"] if lease else None
         record["last_seen_s"] = round(max(0.0, now - lease["at"]), 1) if lease else None
+        if lease and lease.get("code"):  # the code of the worker holding the lease (one from before code ids: none)
+            record["code"] = lease["code"]
         return record
 
 
@@ -185,7 +189,8 @@ class DeviceBeat:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
-        value = json.dumps({"worker": self.worker, "pid": os.getpid(), "at": self.registry.now()})  # Redis's clock
+        # Redis's clock; the code this worker runs goes with the lease it holds
+        value = json.dumps({"worker": self.worker, "pid": os.getpid(), "at": self.registry.now(), "code": code_id()})
         for device_id in list(self.device_ids):
             pipe = self.r.pipeline()  # one MULTI, as the API's delete: it lands wholly before or after
             pipe.exists(keys.device_deleted(device_id))
