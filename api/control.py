@@ -22,7 +22,7 @@ from arceus.codeid import different_code
 from arceus.config import JobConfig, TrainConfig
 from arceus.control.devices import LEASE_S
 from arceus.control.jobs import TRANSITIONS, JobStore, conflict_message
-from arceus.control.supervisor import merge_history
+from arceus.control.supervisor import merge_history, run_train_config
 from arceus.errors import ArceusError, Conflict, NotFound, UpstreamError
 from arceus.events import EventLog
 from arceus.keys import UNLOAD_EXPIRES_S, RunKeys, queue_for
@@ -341,7 +341,7 @@ class Control:
 
     def recover(self, job: dict) -> None:
         job_id, lost = job["job_id"], str(job["lost_device"])
-        train = TrainConfig.parse(job["train_config"])
+        train = run_train_config(job)
         done = job.get("recoveries") or []
         why = f"device {lost} (stage {job['lost_stage']}) was lost ({job.get('lost_cause') or 'no cause recorded'})"
         if len(done) >= train.max_recoveries:
@@ -395,7 +395,7 @@ class Control:
         try:
             self.store.transition(
                 job_id, "training", allowed_from=("recovering",), expect={"run_id": job["run_id"]},
-                run_id=spec.run_id, plan=[s.to_dict() for s in shards], train_config=resumed.to_dict(),
+                run_id=spec.run_id, plan=[s.to_dict() for s in shards], run_epochs=epochs,
                 start_step=start, step=start, started_at=time.time(), recoveries=[*done, record], error="",
                 reserved=[],
             )  # fmt: skip
@@ -461,8 +461,8 @@ class Control:
             self._check_devices(job, stages)
             moved = self.store.transition(
                 job_id, "training", allowed_from=("ready", "completed"), expect={"run_id": job.get("run_id") or ""},
-                run_id=spec.run_id, train_config=train.to_dict(), error="", final={}, started_at=time.time(),
-                start_step=start, recoveries=[], history={},
+                run_id=spec.run_id, train_config=train.to_dict(), run_epochs=train.epochs, error="", final={},
+                started_at=time.time(), start_step=start, recoveries=[], history={},
             )  # fmt: skip
         try:
             self._send_stages(spec)

@@ -458,7 +458,10 @@ class JobSchema(Schema):
     error = fields.String(allow_none=True, metadata={"description": "why the job failed or stopped"})
     model_config = fields.Nested(ModelConfigSchema)
     dataset_config = fields.Nested(DatasetConfigSchema)
-    train_config = fields.Nested(TrainSchema, allow_none=True)
+    train_config = fields.Nested(
+        TrainSchema, allow_none=True,
+        metadata={"description": "the training it was last asked for (a recovery's run trains the epochs left of it)"},
+    )  # fmt: skip
     devices = fields.List(fields.Nested(DeviceSchema))
     plan = fields.List(fields.Nested(StagePlanSchema), allow_none=True)
     cost_model = fields.String(

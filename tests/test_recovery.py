@@ -67,6 +67,7 @@ def test_a_killed_worker_is_a_pause_and_the_job_ends_as_an_unbroken_run(cluster,
     job = cluster.wait_for(job_id, lambda j: j["status"] != "training", 180, "the job to end")
     assert job["status"] == "completed", job["error"]
     assert job["step"] == 192 and job["final_metrics"]["epoch"] == 4
+    assert job["train_config"]["epochs"] == 4  # what it was asked to train, not what its last run had left
     assert cluster.ok("GET", f"/api/jobs/{job_id}/metrics")["recoveries"] == job["recoveries"]
     print(f"kill -> training again: {back_after:.1f}s; steps redone: {rec['steps_redone']}; {rec}")
 

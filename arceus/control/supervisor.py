@@ -38,9 +38,18 @@ from ..plan.partition import StageAssignment
 from ..plan.runspec import RunSpec
 from .jobs import JobStore
 
-__all__ = ["Recoverer", "Supervisor", "expire_run", "merge_history", "run_spec"]
+__all__ = ["Recoverer", "Supervisor", "expire_run", "merge_history", "run_spec", "run_train_config"]
 
 log = logging.getLogger(__name__)
+
+
+def run_train_config(job: dict) -> TrainConfig:
+    """What the job's current (or last) run trains: the job's training config, with the epochs it had
+    left where a recovery resumed it (``run_epochs``). The job keeps the config it was asked for."""
+    train = dict(job["train_config"])
+    if job.get("run_epochs"):
+        train["epochs"] = int(job["run_epochs"])
+    return TrainConfig.parse(train)
 
 
 def run_spec(job: dict) -> RunSpec:
@@ -49,7 +58,7 @@ def run_spec(job: dict) -> RunSpec:
         job["job_id"],
         job["run_id"],
         JobConfig.parse(job["config"]),
-        TrainConfig.parse(job["train_config"]),
+        run_train_config(job),
         tuple(StageAssignment.from_dict(s) for s in job["plan"]),
         start_step=int(job.get("start_step") or 0),
     )
