@@ -9,7 +9,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # the package's own __init__, which hands out arceus.build_model on first use (tests/test_imports.py
 # checks that importing it imports no torch).
 LAYERS = ("core", "wire", "engine", "control", "launch", "cli", "facade")
-CORE = {"errors", "settings", "config", "keys", "events", "liveness", "plan", "blobs", "tensorfile", "checkpoints"}
+CORE = {
+    "errors",
+    "settings",
+    "config",
+    "keys",
+    "events",
+    "liveness",
+    "plan",
+    "blobs",
+    "tensorfile",
+    "checkpoints",
+    "codeid",
+}
 
 
 def _layer(module: str) -> str:
