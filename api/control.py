@@ -276,7 +276,9 @@ class Control:
         a recovery's reason to load, in the job's error)."""
 
         def fail(reason: str) -> str:
-            self.store.transition(job_id, "failed", error=f"{why}, and {reason}" if why else reason)
+            # Only the job this load is for: initializing, or recovering (never a run that trains meanwhile).
+            self.store.transition(job_id, "failed", allowed_from=("initializing", "recovering"),
+                                  error=f"{why}, and {reason}" if why else reason)  # fmt: skip
             return reason
 
         pending = []
