@@ -189,7 +189,7 @@ class Control:
             return _same_code(devices)
         own = self.store.registered_devices(job_id)
         if own:
-            live = [d for d in own if d["alive"] and d["device_id"] not in busy]
+            live = _same_code([d for d in own if d["alive"] and d["device_id"] not in busy])
             if not live:
                 dead = [d for d in own if not d["alive"]]
                 why = _no_worker(dead[0]) if dead else f"they serve jobs {sorted(set(busy.values()))}"
@@ -207,7 +207,7 @@ class Control:
                     f"job {job_id} has no devices: no live device is free. Start `arceus worker` on a machine (or "
                     "register one with POST /api/devices/register and run the worker command it answers)"
                 )
-        return _same_code(live[: len(units(config.layers))])
+        return live[: len(units(config.layers))]
 
     def _check_devices(self, job: dict, shards: tuple[StageAssignment, ...]) -> None:
         """Before a run: every device of the plan is live and serves no other active job."""
@@ -363,7 +363,7 @@ class Control:
                 if not (back or newcomer) and now - since < self.recover_wait_s:
                     return  # keep waiting
                 if not devices:
-                    other = [different_code(d) for d in job["devices"] if d["alive"] and different_code(d)]
+                    other = list(filter(None, (different_code(d) for d in job["devices"] if d["alive"])))
                     raise Conflict(f"no worker of the job's devices answered within {self.recover_wait_s:.0f}s"
                                    + (f" that runs the API's code ({other[0]})" if other else ""))  # fmt: skip
                 manifest, epochs = self._resume_point(job, train)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from . import __version__
 
-__all__ = ["code_id", "different_code"]
+__all__ = ["SAME_CODE", "code_id", "different_code"]
 
 _PACKAGES = ("arceus", "workers")
+# What every message about a machine on other code asks for.
+SAME_CODE = "every machine must run the same Arceus (the same commit or release, and the same local changes)"
 
 
 @functools.cache
@@ -49,7 +51,6 @@ def different_code(device: dict) -> str | None:
     machine = device.get("host") or device.get("name") or "its machine"
     return (
         f"device {device['device_id']} ({device.get('name') or machine}) runs {what}, and this API runs "
-        f"{__version__} (code {code_id()}): every machine must run the same Arceus, with the same local changes. "
-        f"Install this one on {machine} and start its worker again (or, if the API is the one behind, update it "
-        "and restart it)"
+        f"{__version__} (code {code_id()}): {SAME_CODE}. Install this one on {machine} and start its worker "
+        "again (or, if the API is the one behind, update it and restart it)"
     )

@@ -16,7 +16,7 @@ import urllib.request
 
 import redis
 
-from ..codeid import code_id
+from ..codeid import SAME_CODE, code_id
 from ..control import clusterfile
 from ..control.client import ApiClient
 from ..errors import ApiError
@@ -89,8 +89,7 @@ def _api(out: _Report, url: str, token: str | None) -> str | None:
     if theirs is None:
         out.line("warn", "code", f"the API runs an Arceus from before code ids; this machine runs code {code_id()}")
     elif theirs != code_id():
-        out.line("FAIL", "code", f"this machine runs Arceus code {code_id()}, the API code {theirs}: install the "
-                 "same Arceus on every machine (the same commit or release)")  # fmt: skip
+        out.line("FAIL", "code", f"this machine runs Arceus code {code_id()}, the API code {theirs}: {SAME_CODE}")
     else:
         out.line("ok", "code", f"{code_id()}, the same as the API's")
     return joined["redis_url"]

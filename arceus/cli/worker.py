@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import redis
 
 from .. import __version__
-from ..codeid import code_id
+from ..codeid import SAME_CODE, code_id
 from ..control import clusterfile
 from ..control.client import ApiClient
 from ..control.devices import BEAT_S, LEASE_S
@@ -64,12 +64,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     client = ApiClient(url, timeout_s=30, token=token)
     joined = _join(client)
     redis_url = joined["redis_url"]
-    if joined.get("code") not in (None, code_id()):  # an API from before code ids says none: its plans will tell
+    if joined.get("code") not in (None, code_id()):  # an API from before code ids says none: nothing to compare
         raise ApiError(
             f"this machine runs Arceus {__version__} (code {code_id()}), and the cluster's API at {url} runs "
-            f"code {joined['code']}: every machine must run the same Arceus, with the same local changes. Install "
-            "the API's here (the same commit or release) and start the worker again, or, if the API is the one "
-            "behind, update it and restart it"
+            f"code {joined['code']}: {SAME_CODE}. Install the API's here and start the worker again, or, if the "
+            "API is the one behind, update it and restart it"
         )
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
