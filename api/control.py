@@ -270,14 +270,16 @@ class Control:
         seed: int,
         manifest: dict | None,
         why: str = "",
+        status: str = "initializing",
     ) -> list[dict]:
         """Every device's worker loads its shard (from ``seed``, or its slice of the checkpoint
         ``manifest``); returns their confirmations, or fails the job naming the device (after ``why``,
-        a recovery's reason to load, in the job's error)."""
+        a recovery's reason to load, in the job's error). ``status`` is the job's while it loads."""
 
         def fail(reason: str) -> str:
-            # Only the job this load is for: initializing, or recovering (never a run that trains meanwhile).
-            self.store.transition(job_id, "failed", allowed_from=("initializing", "recovering"),
+            # Only the job as this load found it: a job stopped, then initialized again meanwhile, is another
+            # load's to fail, and a run that trains meanwhile is not a load's at all.
+            self.store.transition(job_id, "failed", allowed_from=(status,),
                                   error=f"{why}, and {reason}" if why else reason)  # fmt: skip
             return reason
 
@@ -382,7 +384,7 @@ class Control:
                 pass
             return
         try:
-            loaded = self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest, why)
+            loaded = self._load(job_id, shards, config, int(job.get("init_seed") or 0), manifest, why, "recovering")
             shards = _with_links(shards, loaded)
         except ArceusError:  # the job is failed with the reason (or was stopped meanwhile)
             return
